@@ -1,0 +1,281 @@
+"""Model I/O: load from a path, bytes or a ModelProto; save atomically; import to and export from
+onnx-graphsurgeon without losing what gs drops.
+
+Loading refuses anything that is not a usable model with one line (``ModelError``, exit code 2): a missing
+or empty file, bytes that do not parse as a ModelProto, a protobuf of another message, a model the ONNX
+checker rejects, external data outside the model's folder. External data is resolved relative to the
+model's own folder; a location that is absolute or escapes that folder (``..``, symlinks) is refused and
+never read.
+
+Saving writes into a temporary folder beside the target, checks the written model with the ONNX checker
+and by loading it in onnxruntime's CPU provider, and only then renames it into place, so a failed or
+interrupted save leaves the previous file untouched (``OutputModelError``, exit code 3). Models over 2 GB
+are written with their weights in ``<file name>.data`` beside the model.
+
+What gs drops on export and ``to_model`` restores from the original: model ``metadata_props``, doc string,
+domain, model version, producer, IR version, opset imports (kept, extended by domains the graph now
+uses), local functions, ``training_info``, graph doc string and ``metadata_props``, node doc strings and
+``metadata_props`` (matched by node name), and the declared types of graph outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Union
+
+import onnx
+import onnx.external_data_helper as external_data_helper
+import onnx_graphsurgeon as gs
+from google.protobuf.message import DecodeError
+
+from graphopt.errors import ModelError, OutputModelError, UsageError, one_line
+
+ModelSource = Union[str, os.PathLike, bytes, onnx.ModelProto]
+
+TWO_GB = 2**31 - 1
+# Headroom below protobuf's 2 GB message limit: above this the model is saved with external data.
+EXTERNAL_DATA_THRESHOLD = TWO_GB - 64 * 2**20
+
+
+def load(source: ModelSource) -> onnx.ModelProto:
+    """Load and check a model from a path, bytes or a ModelProto (which is returned as is, after checks)."""
+    if isinstance(source, onnx.ModelProto):
+        _check_loaded(source, "the model")
+        return source
+    if isinstance(source, (bytes, bytearray)):
+        model = _parse(bytes(source), "the given bytes")
+        _check_loaded(model, "the given bytes")
+        return model
+    return _load_path(os.fspath(source))
+
+
+def _load_path(path: str) -> onnx.ModelProto:
+    if not os.path.exists(path):
+        raise ModelError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise ModelError(f"{path}: is a folder, not an ONNX model file")
+    if os.path.getsize(path) == 0:
+        raise ModelError(f"{path}: the file is empty (0 bytes), not an ONNX model")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise ModelError(f"{path}: cannot read: {error.strerror}") from error
+    model = _parse(data, path)
+    base_dir = os.path.dirname(os.path.abspath(path))
+    _check_external_locations(model, base_dir, path)
+    _check_loaded(model, path, checker_target=path)
+    try:
+        external_data_helper.load_external_data_for_model(model, base_dir)
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{path}: cannot read its external data: {one_line(error)}") from error
+    return model
+
+
+def _parse(data: bytes, name: str) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as error:
+        raise ModelError(f"{name}: not an ONNX model (does not parse as a protobuf ModelProto)") from error
+    if model.ir_version <= 0 or not model.HasField("graph") or not model.opset_import:
+        raise ModelError(f"{name}: not an ONNX model (no IR version, graph or opset import; "
+                         f"is it another kind of file or protobuf message?)")
+    return model
+
+
+def _check_loaded(model: onnx.ModelProto, name: str, checker_target: str | None = None) -> None:
+    if model.ir_version > onnx.IR_VERSION:
+        raise ModelError(f"{name}: IR version {model.ir_version} is newer than this onnx supports "
+                         f"({onnx.IR_VERSION}); upgrade onnx")
+    try:
+        onnx.checker.check_model(checker_target or model)
+    except (onnx.checker.ValidationError, ValueError) as error:
+        raise ModelError(f"{name}: not a valid ONNX model: {one_line(error)}") from error
+
+
+def _external_tensors(model: onnx.ModelProto):
+    return [t for t in external_data_helper._get_all_tensors(model) if external_data_helper.uses_external_data(t)]
+
+
+def _check_external_locations(model: onnx.ModelProto, base_dir: str, name: str) -> None:
+    """Refuse external data that is absolute, escapes ``base_dir`` (also through symlinks) or is missing."""
+    real_base = os.path.realpath(base_dir)
+    for tensor in _external_tensors(model):
+        location = external_data_helper.ExternalDataInfo(tensor).location
+        target = os.path.realpath(os.path.join(base_dir, location))
+        if os.path.isabs(location) or os.path.commonpath([real_base, target]) != real_base:
+            raise ModelError(f"{name}: refusing external data location {location!r} of tensor "
+                             f"'{tensor.name}': it is outside the model's folder")
+        if not os.path.isfile(target):
+            raise ModelError(f"{name}: external data file {location!r} of tensor '{tensor.name}' is missing")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Saving
+
+
+def save(model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool | None = None,
+         verify: bool = True) -> None:
+    """Write ``model`` to ``path`` atomically; with ``verify``, only if it passes the checker and loads in
+    onnxruntime. ``external_data=None`` chooses external data for models over 2 GB."""
+    path = os.path.abspath(os.fspath(path))
+    folder = os.path.dirname(path)
+    check_writable(path)
+    if external_data is None:
+        external_data = model.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    data_name = os.path.basename(path) + ".data"
+    staging = tempfile.mkdtemp(prefix=".graphopt-", dir=folder)
+    try:
+        staged = os.path.join(staging, os.path.basename(path))
+        _write(model, staged, data_name if external_data else None)
+        if verify:
+            check_output(staged)
+        if external_data:
+            os.replace(os.path.join(staging, data_name), os.path.join(folder, data_name))
+        os.replace(staged, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if external_data:  # the proto now points at the file; read the weights back so the caller keeps them
+        external_data_helper.load_external_data_for_model(model, folder)
+
+
+def _write(model: onnx.ModelProto, path: str, data_name: str | None) -> None:
+    if data_name:
+        onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+    else:
+        with open(path, "wb") as handle:
+            handle.write(model.SerializeToString())
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def check_writable(path: str) -> None:
+    """UsageError (exit 2) if ``path`` cannot be written: missing folder, no permission, a folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"cannot write {path}: folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise UsageError(f"cannot write {path}: it is a folder")
+    if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise UsageError(f"cannot write {path}: permission denied")
+
+
+def check_output(path: str) -> None:
+    """OutputModelError unless the model at ``path`` passes the ONNX checker and loads in onnxruntime."""
+    from graphopt.validate.numerics import cpu_session
+
+    try:
+        onnx.checker.check_model(path)
+    except (onnx.checker.ValidationError, ValueError) as error:
+        raise OutputModelError(f"the optimized model fails the ONNX checker, nothing was written: "
+                               f"{one_line(error)}") from error
+    try:
+        cpu_session(path)
+    except Exception as error:  # onnxruntime raises its own exception types for load failures
+        raise OutputModelError(f"the optimized model does not load in onnxruntime, nothing was written: "
+                               f"{one_line(error)}") from error
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True if both paths name the same existing file (also through links)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# onnx-graphsurgeon import and export
+
+
+def to_graph(model: onnx.ModelProto) -> gs.Graph:
+    """The model's graph as a gs.Graph (weights are shared with ``model``, not copied)."""
+    try:
+        graph = gs.import_onnx(model)
+    except Exception as error:  # gs raises bare exceptions for graphs it cannot represent
+        raise ModelError(f"cannot import the model's graph: {one_line(error)}") from error
+    _restore_initializer_inputs(graph, model.graph)
+    return graph
+
+
+def _restore_initializer_inputs(graph: gs.Graph, original: onnx.GraphProto) -> None:
+    """gs imports initializers that old models (IR < 4) also list as graph inputs as constants only;
+    put them back among the inputs, in their original order, so the interface is unchanged until a pass
+    (eliminate-dead-nodes) decides otherwise. An unused one stays dropped: it feeds nothing."""
+    initializers = {initializer.name for initializer in original.initializer}
+    if not any(value.name in initializers for value in original.input):
+        return
+    tensors = graph.tensors()
+    graph.inputs = [tensors[value.name] for value in original.input if value.name in tensors]
+
+
+def to_model(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
+    """Export ``graph`` and restore from ``original`` what gs does not carry (see the module docstring)."""
+    model = gs.export_onnx(graph, do_type_check=False)
+    model.ir_version = original.ir_version
+    if model.ir_version < 4 and _has_initializer_outside_inputs(model.graph):
+        model.ir_version = 4  # IR < 4 requires every initializer to be a graph input
+    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(model, field, getattr(original, field))
+    del model.metadata_props[:]
+    model.metadata_props.extend(original.metadata_props)
+    del model.training_info[:]
+    model.training_info.extend(original.training_info)
+    _restore_opsets(model, original)
+    _restore_functions(model, original)
+    _restore_graph_fields(model.graph, original.graph)
+    return model
+
+
+def _has_initializer_outside_inputs(graph: onnx.GraphProto) -> bool:
+    inputs = {value.name for value in graph.input}
+    return any(initializer.name not in inputs for initializer in graph.initializer)
+
+
+def _restore_opsets(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    exported = {o.domain: o.version for o in model.opset_import}
+    kept = {o.domain for o in original.opset_import}
+    del model.opset_import[:]
+    model.opset_import.extend(original.opset_import)
+    for domain, version in exported.items():
+        if domain not in kept and domain not in ("ai.onnx",):
+            model.opset_import.append(onnx.helper.make_opsetid(domain, version))
+
+
+def _restore_functions(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    present = {(f.domain, f.name, f.overload) for f in model.functions}
+    for function in original.functions:
+        if (function.domain, function.name, function.overload) not in present:
+            model.functions.append(function)
+
+
+def _restore_graph_fields(graph: onnx.GraphProto, original: onnx.GraphProto) -> None:
+    graph.doc_string = original.doc_string
+    if hasattr(graph, "metadata_props"):
+        del graph.metadata_props[:]
+        graph.metadata_props.extend(original.metadata_props)
+    declared = {output.name: output for output in original.output}
+    for output in graph.output:
+        source = declared.get(output.name)
+        if source is not None and not output.type.tensor_type.elem_type:
+            output.type.CopyFrom(source.type)
+    _restore_node_fields(graph, original)
+
+
+def _restore_node_fields(graph: onnx.GraphProto, original: onnx.GraphProto) -> None:
+    by_name: dict[str, onnx.NodeProto | None] = {}
+    for node in original.node:
+        if node.name:  # a name used twice is ambiguous: restore neither
+            by_name[node.name] = node if node.name not in by_name else None
+    for node in graph.node:
+        source = by_name.get(node.name)
+        if source is None or source.op_type != node.op_type:
+            continue
+        node.doc_string = source.doc_string
+        if hasattr(node, "metadata_props"):
+            del node.metadata_props[:]
+            node.metadata_props.extend(source.metadata_props)

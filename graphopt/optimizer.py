@@ -1,0 +1,128 @@
+"""``optimize``: load -> passes -> export -> check -> atomic save, with a report. The CLI calls exactly this.
+
+Returns ``OptimizeResult(model, report)`` (a named tuple: ``model, report = graphopt.optimize(...)``):
+``model`` is the optimized ``onnx.ModelProto``, ``report`` a ``graphopt.report.Report``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import onnx
+
+from graphopt import model as model_io
+from graphopt.analysis import AnalysisCache
+from graphopt.data import DataSource, load_data, synthetic_dataset
+from graphopt.errors import GraphoptError, OutputModelError, PassError, UsageError
+from graphopt.instruments import DumpAfterPass, Instrument, PassRecord, ProgressCallback, SkipPasses, \
+    ValidateEach, write_reproducer
+from graphopt.pass_base import Invariant, Pass, PassContext
+from graphopt.pipeline import as_pipeline, format_pipeline, run_pass
+from graphopt.report import ModelStats, Report
+from graphopt.validate.numerics import run_model
+
+DEFAULT_PASSES = "lossless"
+
+
+class OptimizeResult(NamedTuple):
+    model: onnx.ModelProto
+    report: Report
+
+
+def optimize(
+    model: model_io.ModelSource,
+    output: str | os.PathLike | None = None,
+    passes: str | Pass | Sequence[str | Pass] = DEFAULT_PASSES,
+    data: DataSource | None = None,
+    *,
+    in_place: bool = False,
+    skip: Sequence[str] = (),
+    dump_dir: str | None = None,
+    validate_each: bool = False,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+    check_changed: bool = False,
+    reproducer_dir: str | None = None,
+    progress: Callable[[PassRecord], None] | None = None,
+    instruments: Sequence[Instrument] = (),
+) -> OptimizeResult:
+    """Optimize ``model`` (a path, bytes or ModelProto) with ``passes`` and write ``output`` if given.
+
+    ``passes``: pipeline text (``"fold,cleanup"``), a Pass, or a sequence of either. ``data``: calibration
+    data (see ``graphopt.data``). ``skip``: pass names to switch off. ``dump_dir``: write the model after
+    each pass that changed it. ``validate_each``: compare outputs with the original after every such pass
+    (on ``data``, or synthetic inputs) and raise ``ValidationFailure`` naming the first pass whose outputs
+    leave ``rtol``/``atol``. ``check_changed``: verify each pass's ``changed`` bit. ``reproducer_dir``: where
+    to write the input model and pipeline text when a pass fails. ``in_place``: allow ``output`` to be the
+    input file. Raises ``GraphoptError`` subclasses, each with the CLI's exit code.
+    """
+    start = time.perf_counter()
+    pipeline = as_pipeline(passes)
+    pipeline_text = format_pipeline(pipeline)
+    input_path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
+    if output is not None:
+        _check_output_path(input_path, os.fspath(output), in_place)
+    original = model_io.load(model)
+    dataset = load_data(data, original) if data is not None else None
+    graph = model_io.to_graph(original)
+
+    def export(g):
+        return model_io.to_model(g, original)
+
+    ctx = PassContext(AnalysisCache(), data=dataset, check_changed=check_changed,
+                      held={Invariant.INFERENCE_MODE})
+    ctx.instruments.extend(instruments)
+    if skip:
+        ctx.instruments.append(SkipPasses(skip))
+    if progress:
+        ctx.instruments.append(ProgressCallback(progress))
+    if dump_dir:
+        ctx.instruments.append(DumpAfterPass(dump_dir, export))
+    if validate_each:
+        ctx.instruments.append(_validate_each(original, dataset, export, rtol, atol))
+    try:
+        result = run_pass(pipeline, graph, ctx)
+        optimized = export(graph)
+        if output is not None:
+            model_io.save(optimized, output)
+    except (PassError, OutputModelError) as error:
+        raise _with_reproducer(error, original, pipeline_text, reproducer_dir) from error
+    except GraphoptError:
+        raise
+    except Exception as error:
+        raise _with_reproducer(OutputModelError(f"exporting the optimized graph failed: {error}"), original,
+                               pipeline_text, reproducer_dir) from error
+    report = Report(
+        pipeline=pipeline_text,
+        seconds=time.perf_counter() - start,
+        input=ModelStats.of(original, input_path),
+        output=ModelStats.of(optimized, os.fspath(output) if output is not None else None),
+        passes=tuple(ctx.records),
+        diagnostics=tuple(str(d) for d in result.diagnostics),
+    )
+    return OptimizeResult(optimized, report)
+
+
+def _check_output_path(input_path: str | None, output: str, in_place: bool) -> None:
+    if input_path is not None and model_io.same_file(input_path, output) and not in_place:
+        raise UsageError(f"refusing to overwrite the input {input_path}; pass --in-place to allow it")
+    model_io.check_writable(output)
+
+
+def _validate_each(original: onnx.ModelProto, dataset, export, rtol: float, atol: float) -> ValidateEach:
+    feeds = (dataset or synthetic_dataset(original, samples=2)).head(8)
+    return ValidateEach(export, feeds, run_model(original, feeds), rtol, atol)
+
+
+def _with_reproducer(error: GraphoptError, original: onnx.ModelProto, pipeline_text: str,
+                     directory: str | None) -> GraphoptError:
+    if directory is None:
+        return error
+    path = write_reproducer(directory, original, pipeline_text, error)
+    if isinstance(error, PassError):
+        return PassError(error.detail, pass_path=error.pass_path, history=error.history,
+                         reproducer=path)
+    return type(error)(f"{error}; reproducer written to {path}")

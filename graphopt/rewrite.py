@@ -1,0 +1,50 @@
+"""Graph-editing primitives that passes share: walking subgraphs and bypassing a node whose output equals one
+of its inputs. Each keeps the graph's interface (input and output names) intact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import onnx_graphsurgeon as gs
+
+
+def all_graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
+    """``graph`` and every subgraph nested in its nodes' attributes (If branches, Loop and Scan bodies),
+    outermost first."""
+    yield graph
+    for node in graph.nodes:
+        for value in node.attrs.values():
+            if isinstance(value, gs.Graph):
+                yield from all_graphs(value)
+
+
+def bypass(graph: gs.Graph, node: gs.Node, source: gs.Tensor, result: gs.Variable) -> str | None:
+    """Remove ``node`` whose output ``result`` equals its input ``source``: consumers of ``result`` read
+    ``source`` instead. Returns None on success, or the reason it was declined.
+
+    When ``result`` is an output of ``graph`` its name must survive: ``source`` is renamed to it, which is
+    only possible when ``source`` is an ordinary intermediate (produced by a node of this graph, not itself
+    a graph input or output, not a constant).
+    """
+    if result in graph.outputs:
+        if isinstance(source, gs.Constant) or not source.inputs or source in graph.inputs:
+            return "graph_output_from_input_or_constant"
+        if source in graph.outputs:
+            return "graph_output_is_also_input_of_node"
+        if source.inputs[0] not in graph.nodes:
+            return "source_from_outer_scope"
+    for consumer in list(result.outputs):
+        for index, tensor in enumerate(consumer.inputs):
+            if tensor is result:
+                consumer.inputs[index] = source
+    if result in graph.outputs:
+        name = result.name
+        graph.outputs[graph.outputs.index(result)] = source
+        source.name = name
+        source.dtype = result.dtype or source.dtype
+        source.shape = result.shape if result.shape is not None else source.shape
+    node.inputs.clear()
+    node.outputs.clear()
+    graph.nodes.remove(node)
+    return None

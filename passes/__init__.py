@@ -1,0 +1,21 @@
+"""The built-in pass library: one module per pass, registered here.
+
+``PASSES`` are the pass classes; ``ALIASES`` map short names to pass names; ``PRESETS`` name pipelines
+(their text is parsed with the same registry, so presets may use aliases and other presets). Third-party
+packages register their passes the same way, through the entry-point group ``graphopt.passes``.
+"""
+
+from passes.eliminate_dead_nodes import EliminateDeadNodes
+from passes.eliminate_identity import EliminateIdentity
+
+PASSES = (EliminateDeadNodes, EliminateIdentity)
+
+ALIASES = {
+    "dce": EliminateDeadNodes.name,
+}
+
+PRESETS = {
+    "cleanup": "eliminate-identity,eliminate-dead-nodes",
+    "lossless": "fixed-point(cleanup)",
+    "all": "lossless",
+}
