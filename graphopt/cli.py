@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -39,16 +39,16 @@ def optimize(
     output: Annotated[str, typer.Argument(help="where to write the optimized model")],
     passes: Annotated[str, typer.Option("--passes", "-p", help="pipeline text, e.g. 'cleanup' or "
                                         "'fixed-point(eliminate-identity,eliminate-dead-nodes)'")] = "lossless",
-    data: Annotated[Optional[str], typer.Option(help=".npz file or folder of calibration data")] = None,
-    report: Annotated[Optional[str], typer.Option(help="write the report as JSON to this file")] = None,
-    report_md: Annotated[Optional[str], typer.Option("--report-md", help="write the report as Markdown")] = None,
+    data: Annotated[str | None, typer.Option(help=".npz file or folder of calibration data")] = None,
+    report: Annotated[str | None, typer.Option(help="write the report as JSON to this file")] = None,
+    report_md: Annotated[str | None, typer.Option("--report-md", help="write the report as Markdown")] = None,
     in_place: Annotated[bool, typer.Option("--in-place", help="allow OUTPUT to be the input file")] = False,
-    skip: Annotated[Optional[list[str]], typer.Option(help="switch a pass off by name (repeatable)")] = None,
-    dump_dir: Annotated[Optional[str], typer.Option(help="write the model after each pass that changed it")] = None,
+    skip: Annotated[list[str] | None, typer.Option(help="switch a pass off by name (repeatable)")] = None,
+    dump_dir: Annotated[str | None, typer.Option(help="write the model after each pass that changed it")] = None,
     validate_each: Annotated[bool, typer.Option("--validate-each", help="compare outputs with the original "
                                                 "after every pass; name the first that changes them")] = False,
     check_changed: Annotated[bool, typer.Option("--check-changed", help="verify each pass's changed bit")] = False,
-    reproducer_dir: Annotated[Optional[str], typer.Option(help="where to write a reproducer on failure "
+    reproducer_dir: Annotated[str | None, typer.Option(help="where to write a reproducer on failure "
                                                           "(default: a new folder in the temp dir)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print no summary table")] = False,
 ) -> None:
@@ -86,7 +86,8 @@ def list_passes() -> None:
     for column in ("name", "summary", "options (default)"):
         table.add_column(column)
     for cls in [*sorted(registry.passes.values(), key=lambda c: c.name), *COMPOSITES.values()]:
-        options = "\n".join(f"{o.name}={format_value(o.default)}: {o.help} ({o.describe_allowed()})" for o in cls.options)
+        options = "\n".join(f"{o.name}={format_value(o.default)}: {o.help} ({o.describe_allowed()})"
+                            for o in cls.options)
         table.add_row(cls.name, cls.summary, options or "-")
     stdout.print(table)
     for name, target in sorted(registry.aliases.items()):

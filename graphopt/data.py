@@ -79,7 +79,7 @@ def model_inputs(model: onnx.ModelProto) -> dict[str, tuple[np.dtype, list[int |
 
 def _fits(actual: tuple[int, ...], declared: list[int | str | None]) -> bool:
     return len(actual) == len(declared) and all(
-        not isinstance(want, int) or want == got for got, want in zip(actual, declared))
+        not isinstance(want, int) or want == got for got, want in zip(actual, declared, strict=False))
 
 
 def _format_shape(shape: list[int | str | None]) -> str:

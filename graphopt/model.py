@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from typing import Union
 
 import onnx
 import onnx.external_data_helper as external_data_helper
@@ -32,7 +31,7 @@ from google.protobuf.message import DecodeError
 
 from graphopt.errors import ModelError, OutputModelError, UsageError, one_line
 
-ModelSource = Union[str, os.PathLike, bytes, onnx.ModelProto]
+ModelSource = str | os.PathLike | bytes | onnx.ModelProto
 
 TWO_GB = 2**31 - 1
 # Headroom below protobuf's 2 GB message limit: above this the model is saved with external data.

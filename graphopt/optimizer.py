@@ -17,8 +17,15 @@ from graphopt import model as model_io
 from graphopt.analysis import AnalysisCache
 from graphopt.data import DataSource, load_data, synthetic_dataset
 from graphopt.errors import GraphoptError, OutputModelError, PassError, UsageError
-from graphopt.instruments import DumpAfterPass, Instrument, PassRecord, ProgressCallback, SkipPasses, \
-    ValidateEach, write_reproducer
+from graphopt.instruments import (
+    DumpAfterPass,
+    Instrument,
+    PassRecord,
+    ProgressCallback,
+    SkipPasses,
+    ValidateEach,
+    write_reproducer,
+)
 from graphopt.pass_base import Invariant, Pass, PassContext
 from graphopt.pipeline import as_pipeline, format_pipeline, run_pass
 from graphopt.report import ModelStats, Report

@@ -33,7 +33,7 @@ def run_model(model: onnx.ModelProto | str, feeds: Mapping[str, np.ndarray]) -> 
     """All graph outputs of ``model`` on ``feeds``, by output name."""
     session = cpu_session(model)
     names = [output.name for output in session.get_outputs()]
-    return dict(zip(names, session.run(names, dict(feeds))))
+    return dict(zip(names, session.run(names, dict(feeds)), strict=False))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +65,8 @@ def _compare(name: str, ref: np.ndarray, cand: np.ndarray | None, rtol: float, a
         return OutputComparison(name, False, np.inf, np.inf, 0.0, None, f"output '{name}' is missing")
     cand = np.asarray(cand)
     if cand.shape != ref.shape or cand.dtype != ref.dtype:
-        return OutputComparison(name, False, np.inf, np.inf, 0.0, None,
-                                f"output '{name}' is {cand.dtype}{list(cand.shape)}, expected {ref.dtype}{list(ref.shape)}")
+        problem = f"output '{name}' is {cand.dtype}{list(cand.shape)}, expected {ref.dtype}{list(ref.shape)}"
+        return OutputComparison(name, False, np.inf, np.inf, 0.0, None, problem)
     if ref.dtype.kind not in "fciub":  # strings, objects: exact equality
         equal = bool(np.array_equal(ref, cand))
         return OutputComparison(name, equal, 0.0 if equal else np.inf, 0.0 if equal else np.inf,
