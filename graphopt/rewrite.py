@@ -19,6 +19,11 @@ def all_graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
                 yield from all_graphs(value)
 
 
+def is_standard_op(node: gs.Node, *op_types: str) -> bool:
+    """True if ``node`` is one of ``op_types`` in the default ONNX domain (gs leaves an unset domain None)."""
+    return node.op in op_types and node.domain in (None, "", "ai.onnx")
+
+
 def bypass(graph: gs.Graph, node: gs.Node, source: gs.Tensor, result: gs.Variable) -> str | None:
     """Remove ``node`` whose output ``result`` equals its input ``source``: consumers of ``result`` read
     ``source`` instead. Returns None on success, or the reason it was declined.

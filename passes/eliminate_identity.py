@@ -17,7 +17,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt.pass_base import Invariant, Pass, PassContext, PassResult
-from graphopt.rewrite import all_graphs, bypass
+from graphopt.rewrite import all_graphs, bypass, is_standard_op
 
 
 class EliminateIdentity(Pass):
@@ -29,7 +29,7 @@ class EliminateIdentity(Pass):
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         stats: collections.Counter[str] = collections.Counter()
         for subgraph in list(all_graphs(graph)):
-            for node in [n for n in subgraph.nodes if n.op in ("Identity", "Dropout") and n.domain in ("", "ai.onnx")]:
+            for node in [n for n in subgraph.nodes if is_standard_op(n, "Identity", "Dropout")]:
                 reason = _why_not_identity(node, subgraph) or bypass(subgraph, node, node.inputs[0], node.outputs[0])
                 stats[f"skipped.{reason}" if reason else f"removed.{node.op.lower()}"] += 1
         changed = any(key.startswith("removed.") for key in stats)

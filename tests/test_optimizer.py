@@ -149,3 +149,6 @@ def test_shipped_models_keep_their_outputs_and_accuracy(name, tmp_path):
     accuracy = float(np.mean(np.argmax(logits, axis=1) == data.extras["label"]))
     assert accuracy == pytest.approx(manifest["models"][name]["test_accuracy"], abs=1e-4)
     assert report.output.nodes <= report.input.nodes
+    # the exporter leaves Identity nodes (with no domain field set) in the ResNet; lossless removes them
+    assert "Identity" not in report.output.ops
+    assert report.input.ops.get("Identity", 0) == (2 if name == "resnet_small" else 0)
