@@ -106,8 +106,9 @@ class ValidateEach(Instrument):
 
 
 def verify_structure(graph: gs.Graph) -> None:
-    """Raise AssertionError if the graph is not well-formed: a tensor with two producers, a node input or
-    graph output that nothing produces, or two tensors that share a name."""
+    """Raise AssertionError if the top-level graph is not well-formed: a tensor with two producers, a node
+    input or graph output that nothing produces, or two tensors that share a name. (Subgraphs may read
+    outer-scope tensors, so only the top level is checked.)"""
     graph.tensors(check_duplicates=True)
     graph_inputs = {id(t) for t in graph.inputs}
     for node in graph.nodes:
@@ -116,7 +117,7 @@ def verify_structure(graph: gs.Graph) -> None:
                 raise AssertionError(f"tensor '{tensor.name}' has {len(tensor.inputs)} producers")
     for tensor in [*(t for n in graph.nodes for t in n.inputs), *graph.outputs]:
         produced = isinstance(tensor, gs.Constant) or tensor.inputs or id(tensor) in graph_inputs
-        if not produced and tensor.name and graph.parent_graph is None:  # '' marks an omitted optional input
+        if not produced and tensor.name:  # '' marks an omitted optional input
             raise AssertionError(f"tensor '{tensor.name}' is used but nothing produces it")
 
 

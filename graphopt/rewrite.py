@@ -19,6 +19,23 @@ def all_graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
                 yield from all_graphs(value)
 
 
+class NameAllocator:
+    """Fresh tensor and node names that collide with no name in the (top-level) graph, its subgraphs, nor
+    each other. Takes one snapshot of the names in use; cheap per name after that."""
+
+    def __init__(self, graph: gs.Graph):
+        self.used = {t.name for g in all_graphs(graph) for t in g.tensors().values()}
+        self.used |= {n.name for g in all_graphs(graph) for n in g.nodes if n.name}
+
+    def fresh(self, base: str) -> str:
+        name, suffix = base, 0
+        while name in self.used:
+            suffix += 1
+            name = f"{base}_{suffix}"
+        self.used.add(name)
+        return name
+
+
 def is_standard_op(node: gs.Node, *op_types: str) -> bool:
     """True if ``node`` is one of ``op_types`` in the default ONNX domain (gs leaves an unset domain None)."""
     return node.op in op_types and node.domain in (None, "", "ai.onnx")

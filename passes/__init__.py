@@ -7,8 +7,9 @@ packages register their passes the same way, through the entry-point group ``gra
 
 from passes.eliminate_dead_nodes import EliminateDeadNodes
 from passes.eliminate_identity import EliminateIdentity
+from passes.fuse_conv_bn import FuseConvBatchNorm
 
-PASSES = (EliminateDeadNodes, EliminateIdentity)
+PASSES = (EliminateDeadNodes, EliminateIdentity, FuseConvBatchNorm)
 
 ALIASES = {
     "dce": EliminateDeadNodes.name,
@@ -16,6 +17,7 @@ ALIASES = {
 
 PRESETS = {
     "cleanup": "eliminate-identity,eliminate-dead-nodes",
-    "lossless": "fixed-point(cleanup)",
+    "fuse": "fuse-conv-bn",
+    "lossless": "fixed-point(cleanup,fuse)",
     "all": "lossless",
 }

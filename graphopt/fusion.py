@@ -1,0 +1,124 @@
+"""The fusion driver: rules say what to match, whether it is safe, and how to rewrite it; the driver does the
+rest once for every rule.
+
+A ``FusionRule`` has a declarative ``pattern``: a chain of op types, each node feeding the next through its
+first output (``"Conv|ConvTranspose"`` allows either op). ``match`` returns the chain ending at a node (a
+rule with a non-chain pattern overrides it). ``check(match) -> reason | None`` refuses with a reason a user
+can read in the stats; ``rewrite(match, graph, names)`` performs the rewrite so that the match's final output
+tensors keep being produced (same tensor objects), so consumers need no rewiring.
+
+The driver refuses, before asking the rule, any match whose intermediate tensors are graph outputs or have
+consumers outside the match, and any match whose weights (the constants the rule will modify, listed by the
+rule in ``Match.weights``) are shared with other nodes. It counts ``rewrites.<rule>`` and
+``skipped.<rule>.<reason>``, visits subgraphs, and runs clean-up and toposort once per pass.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import ClassVar
+
+import onnx_graphsurgeon as gs
+
+from graphopt.pass_base import Invariant, Pass, PassContext, PassResult
+from graphopt.rewrite import NameAllocator, all_graphs, is_standard_op
+
+
+@dataclasses.dataclass
+class Match:
+    """Matched nodes in pattern order (the last one's outputs survive the rewrite), and the constants the
+    rewrite will change (they must not be shared with nodes outside the match)."""
+
+    nodes: list[gs.Node]
+    weights: list[gs.Constant] = dataclasses.field(default_factory=list)
+
+    @property
+    def last(self) -> gs.Node:
+        return self.nodes[-1]
+
+    def intermediates(self) -> list[gs.Tensor]:
+        return [t for node in self.nodes[:-1] for t in node.outputs if t.name]
+
+
+class FusionRule:
+    """One rewrite. Subclasses set ``name`` (used in stats) and ``pattern``, and implement ``check`` and
+    ``rewrite`` (and ``match`` when the pattern is not a chain)."""
+
+    name: ClassVar[str]
+    pattern: ClassVar[tuple[str, ...]] = ()
+
+    def match(self, node: gs.Node) -> Match | None:
+        chain = [node]
+        for op_types in reversed(self.pattern[:-1]):
+            producer = single_producer(chain[0].inputs[0] if chain[0].inputs else None)
+            if producer is None or not is_standard_op(producer, *op_types.split("|")):
+                return None
+            chain.insert(0, producer)
+        if not is_standard_op(node, *self.pattern[-1].split("|")):
+            return None
+        return Match(chain)
+
+    def check(self, match: Match, graph: gs.Graph) -> str | None:
+        return None
+
+    def rewrite(self, match: Match, graph: gs.Graph, names: NameAllocator) -> None:
+        raise NotImplementedError
+
+
+def single_producer(tensor: gs.Tensor | None) -> gs.Node | None:
+    """The node producing ``tensor``, if there is exactly one (never for constants and graph inputs)."""
+    if tensor is None or isinstance(tensor, gs.Constant) or len(tensor.inputs) != 1:
+        return None
+    return tensor.inputs[0]
+
+
+def escape_reason(match: Match, graph: gs.Graph) -> str | None:
+    """Why the driver refuses ``match`` regardless of the rule, or None."""
+    members = {id(node) for node in match.nodes}
+    for tensor in match.intermediates():
+        if tensor in graph.outputs:
+            return "intermediate_is_graph_output"
+        if any(id(consumer) not in members for consumer in tensor.outputs):
+            return "intermediate_has_other_consumers"
+    for weight in match.weights:
+        if any(id(consumer) not in members for consumer in weight.outputs):
+            return "shared_weight"
+    return None
+
+
+class FusionPass(Pass):
+    """A pass that applies its ``rules`` to every node of the graph and its subgraphs, once."""
+
+    rules: ClassVar[tuple[FusionRule, ...]]
+    requires = frozenset({Invariant.SHAPES_INFERRED})
+    establishes = frozenset({Invariant.TOPOLOGICALLY_SORTED})
+    preserves = frozenset({Invariant.INFERENCE_MODE})
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        stats: collections.Counter[str] = collections.Counter()
+        names = NameAllocator(graph)
+        for subgraph in list(all_graphs(graph)):
+            self._apply(subgraph, names, stats)
+        changed = any(key.startswith("rewrites.") for key in stats)
+        if changed:
+            graph.cleanup(remove_unused_graph_inputs=False)
+            graph.toposort(recurse_functions=False, mode="nodes")
+        return PassResult(changed, stats)
+
+    def _apply(self, graph: gs.Graph, names: NameAllocator, stats: collections.Counter[str]) -> None:
+        consumed: set[int] = set()
+        for node in list(graph.nodes):
+            for rule in self.rules:
+                if id(node) in consumed:
+                    break
+                match = rule.match(node)
+                if match is None or any(id(n) in consumed for n in match.nodes):
+                    continue
+                reason = escape_reason(match, graph) or rule.check(match, graph)
+                if reason:
+                    stats[f"skipped.{rule.name}.{reason}"] += 1
+                    continue
+                rule.rewrite(match, graph, names)
+                consumed.update(id(n) for n in match.nodes)
+                stats[f"rewrites.{rule.name}"] += 1

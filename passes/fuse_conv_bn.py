@@ -1,0 +1,122 @@
+"""fuse-conv-bn: fold an inference BatchNormalization into the Conv, ConvTranspose, Gemm or MatMul before it.
+
+Algebra. BatchNormalization computes, per channel c,
+    y = gamma[c] * (x - mean[c]) / sqrt(var[c] + eps) + beta[c]  =  s[c] * x + (beta[c] - s[c] * mean[c]),
+with s = gamma / sqrt(var + eps). When x = W * in + b is linear in the layer's weights with channel c in
+output-channel position, the BatchNormalization is absorbed:
+    W'[c] = s[c] * W[c]        b'[c] = s[c] * (b[c] - mean[c]) + beta[c]        (b = 0 when absent)
+Output channel c is axis 0 of a Conv weight [C_out, C_in/g, k...]; for ConvTranspose (weight
+[C_in, C_out/g, k...]) it is index (i // (C_in/g)) * (C_out/g) + j of weight [i, j]; for Gemm it is column c
+of B (row c when transB=1); for MatMul with a constant 2-D weight [K, N] and a rank-2 output it is column c,
+and the pair becomes a Gemm with bias. The new weights are computed in float64 and stored in the weight's
+dtype.
+
+Declines (``skipped.conv_bn.<reason>``): weights or BatchNormalization parameters not constant; a float type
+other than float32/float64; BatchNormalization in training mode or with its running statistics used, or
+with parameters that are not one value per channel (``spatial=0`` before opset 9);
+a MatMul whose output is not rank 2 (the BatchNormalization channel would not be the MatMul's feature axis)
+or whose first input's rank is unknown; Gemm with a bias that is not a constant vector of length N or with
+alpha/beta other than 1; and what the fusion driver refuses for every rule (shared weights, escaping
+intermediates).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphopt.fusion import FusionPass, FusionRule, Match
+from graphopt.rewrite import NameAllocator
+
+_FLOATS = (np.float32, np.float64)
+
+
+class ConvBatchNormRule(FusionRule):
+    name = "conv_bn"
+    pattern = ("Conv|ConvTranspose|Gemm|MatMul", "BatchNormalization")
+
+    def match(self, node: gs.Node) -> Match | None:
+        match = super().match(node)
+        if match is None:
+            return None
+        layer = match.nodes[0]
+        match.weights = [t for t in layer.inputs[1:3] if isinstance(t, gs.Constant)]
+        return match
+
+    def check(self, match: Match, graph: gs.Graph) -> str | None:
+        layer, norm = match.nodes
+        if len(layer.inputs) < 2 or not isinstance(layer.inputs[1], gs.Constant):
+            return "weight_not_constant"
+        if len(layer.inputs) > 2 and layer.inputs[2].name and not isinstance(layer.inputs[2], gs.Constant):
+            return "bias_not_constant"
+        if not all(isinstance(t, gs.Constant) for t in norm.inputs[1:5]):
+            return "bn_params_not_constant"
+        if norm.attrs.get("training_mode", 0) or any(t.name for t in norm.outputs[1:]):
+            return "bn_training_mode"
+        if any(np.ndim(t.values) != 1 for t in norm.inputs[1:5]):  # spatial=0 in opset < 9
+            return "bn_params_not_per_channel"
+        if np.dtype(layer.inputs[1].values.dtype).type not in _FLOATS:
+            return "unsupported_dtype"
+        return _check_layer(layer, norm)
+
+    def rewrite(self, match: Match, graph: gs.Graph, names: NameAllocator) -> None:
+        layer, norm = match.nodes
+        gamma, beta, mean, var = (np.asarray(t.values, np.float64) for t in norm.inputs[1:5])
+        scale = gamma / np.sqrt(var + norm.attrs.get("epsilon", 1e-5))
+        weight = layer.inputs[1]
+        dtype = weight.values.dtype
+        w = np.asarray(weight.values, np.float64)
+        old_bias = np.asarray(layer.inputs[2].values, np.float64) if len(layer.inputs) > 2 and layer.inputs[2].name \
+            else np.zeros_like(scale)
+        new_weight = _scale_output_channels(layer, w, scale)
+        new_bias = scale * (old_bias - mean) + beta
+        layer.inputs[1] = gs.Constant(names.fresh(f"{weight.name}_bn"), new_weight.astype(dtype))
+        bias = gs.Constant(names.fresh(f"{norm.outputs[0].name}_bias"), new_bias.astype(dtype))
+        if layer.op == "MatMul":
+            layer.op, layer.attrs = "Gemm", {}
+        if len(layer.inputs) > 2:
+            layer.inputs[2] = bias
+        else:
+            layer.inputs.append(bias)
+        layer.outputs[0] = norm.outputs[0]
+        norm.inputs.clear()
+        norm.outputs.clear()
+        graph.nodes.remove(norm)
+
+
+def _check_layer(layer: gs.Node, norm: gs.Node) -> str | None:
+    weight = layer.inputs[1].values
+    if layer.op in ("Conv", "ConvTranspose"):
+        return None if weight.ndim >= 3 else "weight_rank"
+    if weight.ndim != 2:
+        return "weight_rank"
+    if layer.op == "Gemm":
+        if layer.attrs.get("alpha", 1.0) != 1.0 or layer.attrs.get("beta", 1.0) != 1.0 or layer.attrs.get("transA", 0):
+            return "gemm_attributes"
+        columns = weight.shape[0] if layer.attrs.get("transB", 0) else weight.shape[1]
+        if len(layer.inputs) > 2 and layer.inputs[2].name and np.shape(layer.inputs[2].values) != (columns,):
+            return "gemm_bias_not_vector"
+        return None
+    data = layer.inputs[0]
+    if data.shape is None or len(data.shape) != 2:
+        return "matmul_output_not_2d"
+    return None
+
+
+def _scale_output_channels(layer: gs.Node, weight: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    if layer.op == "Conv":
+        return weight * scale.reshape(-1, *[1] * (weight.ndim - 1))
+    if layer.op == "ConvTranspose":
+        group = layer.attrs.get("group", 1)
+        in_per_group, out_per_group = weight.shape[0] // group, weight.shape[1]
+        per_input = scale.reshape(group, 1, out_per_group).repeat(in_per_group, axis=1).reshape(-1, out_per_group)
+        return weight * per_input.reshape(*per_input.shape, *[1] * (weight.ndim - 2))
+    if layer.op == "Gemm" and layer.attrs.get("transB", 0):
+        return weight * scale[:, None]
+    return weight * scale[None, :]
+
+
+class FuseConvBatchNorm(FusionPass):
+    name = "fuse-conv-bn"
+    summary = "fold inference BatchNormalization into the preceding Conv, ConvTranspose, Gemm or MatMul"
+    rules = (ConvBatchNormRule(),)
