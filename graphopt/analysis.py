@@ -17,6 +17,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from graphopt.fidelity import export_with_gs
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -102,7 +104,7 @@ def infer_shapes(graph: gs.Graph) -> None:
     small ones such as shape vectors keep their values for data propagation), so large models cost no
     extra copy of their weights. Tensors whose shape inference cannot determine keep what they had.
     """
-    model = gs.export_onnx(graph, do_type_check=False)
+    model = export_with_gs(graph)  # gs.export_onnx cannot write every constant a pass has read
     for initializer in model.graph.initializer:
         if np.prod(initializer.dims, dtype=np.int64) > _KEEP_VALUES_UP_TO:
             _drop_payload(initializer)

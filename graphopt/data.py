@@ -37,15 +37,17 @@ class Dataset:
     synthetic: bool = False
 
     def __len__(self) -> int:
-        return min((len(a) for a in self.arrays.values()), default=0)
+        """Samples: the shortest first axis. Scalar (rank-0) inputs have no sample axis and do not count."""
+        return min((len(a) for a in self.arrays.values() if a.ndim), default=0)
 
     def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-        """Consecutive batches of at most ``batch_size`` samples."""
+        """Consecutive batches of at most ``batch_size`` samples (scalar inputs go with every batch)."""
         for start in range(0, len(self), batch_size):
-            yield {name: array[start:start + batch_size] for name, array in self.arrays.items()}
+            yield {name: array[start:start + batch_size] if array.ndim else array
+                   for name, array in self.arrays.items()}
 
     def head(self, count: int) -> dict[str, np.ndarray]:
-        return {name: array[:count] for name, array in self.arrays.items()}
+        return {name: array[:count] if array.ndim else array for name, array in self.arrays.items()}
 
     def check_against(self, model: onnx.ModelProto) -> None:
         inputs = model_inputs(model)
@@ -53,8 +55,8 @@ class Dataset:
         if missing:
             raise DataError(f"data has no array for model input '{missing[0]}' "
                             f"(data has: {', '.join(sorted(self.arrays)) or 'nothing'})")
-        for name, array in self.arrays.items():
-            dtype, shape = inputs[name]
+        for name, (dtype, shape) in inputs.items():
+            array = self.arrays[name]
             if array.dtype != dtype:
                 raise DataError(f"data for input '{name}' is {array.dtype}, the model expects {dtype}")
             if not _fits(array.shape, shape):

@@ -12,10 +12,9 @@ and by loading it in onnxruntime's CPU provider, and only then renames it into p
 interrupted save leaves the previous file untouched (``OutputModelError``, exit code 3). Models over 2 GB
 are written with their weights in ``<file name>.data`` beside the model.
 
-What gs drops on export and ``to_model`` restores from the original: model ``metadata_props``, doc string,
-domain, model version, producer, IR version, opset imports (kept, extended by domains the graph now
-uses), local functions, ``training_info``, graph doc string and ``metadata_props``, node doc strings and
-``metadata_props`` (matched by node name), and the declared types of graph outputs.
+``to_graph`` and ``to_model`` import into and export from onnx-graphsurgeon without losing what gs drops or
+cannot represent (metadata, doc strings, value types, attribute kinds, ...); ``graphopt.fidelity`` lists
+each item and how it is restored, also after passes edited the graph.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ import onnx.external_data_helper as external_data_helper
 import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 
+from graphopt import fidelity
 from graphopt.errors import ModelError, OutputModelError, UsageError, one_line
 
 ModelSource = str | os.PathLike | bytes | onnx.ModelProto
@@ -137,14 +137,14 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool
         os.replace(staged, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    if external_data:  # the proto now points at the file; read the weights back so the caller keeps them
-        external_data_helper.load_external_data_for_model(model, folder)
 
 
 def _write(model: onnx.ModelProto, path: str, data_name: str | None) -> None:
-    if data_name:
-        onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_name, size_threshold=1024)
+    if data_name:  # onnx converts the proto it saves to external data in place: give it a copy
+        staged = onnx.ModelProto()
+        staged.CopyFrom(model)
+        onnx.save_model(staged, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=0)
     else:
         with open(path, "wb") as handle:
             handle.write(model.SerializeToString())
@@ -192,89 +192,15 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 
 
 def to_graph(model: onnx.ModelProto) -> gs.Graph:
-    """The model's graph as a gs.Graph (weights are shared with ``model``, not copied)."""
+    """The model's graph as a gs.Graph, imported from a copy (``model`` is never modified); see
+    ``graphopt.fidelity`` for what is set aside for gs and restored by ``to_model``."""
     try:
-        graph = gs.import_onnx(model)
+        return fidelity.import_graph(model)
     except Exception as error:  # gs raises bare exceptions for graphs it cannot represent
         raise ModelError(f"cannot import the model's graph: {one_line(error)}") from error
-    _restore_initializer_inputs(graph, model.graph)
-    return graph
-
-
-def _restore_initializer_inputs(graph: gs.Graph, original: onnx.GraphProto) -> None:
-    """gs imports initializers that old models (IR < 4) also list as graph inputs as constants only;
-    put them back among the inputs, in their original order, so the interface is unchanged until a pass
-    (eliminate-dead-nodes) decides otherwise. An unused one stays dropped: it feeds nothing."""
-    initializers = {initializer.name for initializer in original.initializer}
-    if not any(value.name in initializers for value in original.input):
-        return
-    tensors = graph.tensors()
-    graph.inputs = [tensors[value.name] for value in original.input if value.name in tensors]
 
 
 def to_model(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
-    """Export ``graph`` and restore from ``original`` what gs does not carry (see the module docstring)."""
-    model = gs.export_onnx(graph, do_type_check=False)
-    model.ir_version = original.ir_version
-    if model.ir_version < 4 and _has_initializer_outside_inputs(model.graph):
-        model.ir_version = 4  # IR < 4 requires every initializer to be a graph input
-    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
-        setattr(model, field, getattr(original, field))
-    del model.metadata_props[:]
-    model.metadata_props.extend(original.metadata_props)
-    del model.training_info[:]
-    model.training_info.extend(original.training_info)
-    _restore_opsets(model, original)
-    _restore_functions(model, original)
-    _restore_graph_fields(model.graph, original.graph)
-    return model
-
-
-def _has_initializer_outside_inputs(graph: onnx.GraphProto) -> bool:
-    inputs = {value.name for value in graph.input}
-    return any(initializer.name not in inputs for initializer in graph.initializer)
-
-
-def _restore_opsets(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
-    exported = {o.domain: o.version for o in model.opset_import}
-    kept = {o.domain for o in original.opset_import}
-    del model.opset_import[:]
-    model.opset_import.extend(original.opset_import)
-    for domain, version in exported.items():
-        if domain not in kept and domain not in ("ai.onnx",):
-            model.opset_import.append(onnx.helper.make_opsetid(domain, version))
-
-
-def _restore_functions(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
-    present = {(f.domain, f.name, f.overload) for f in model.functions}
-    for function in original.functions:
-        if (function.domain, function.name, function.overload) not in present:
-            model.functions.append(function)
-
-
-def _restore_graph_fields(graph: onnx.GraphProto, original: onnx.GraphProto) -> None:
-    graph.doc_string = original.doc_string
-    if hasattr(graph, "metadata_props"):
-        del graph.metadata_props[:]
-        graph.metadata_props.extend(original.metadata_props)
-    declared = {output.name: output for output in original.output}
-    for output in graph.output:
-        source = declared.get(output.name)
-        if source is not None and not output.type.tensor_type.elem_type:
-            output.type.CopyFrom(source.type)
-    _restore_node_fields(graph, original)
-
-
-def _restore_node_fields(graph: onnx.GraphProto, original: onnx.GraphProto) -> None:
-    by_name: dict[str, onnx.NodeProto | None] = {}
-    for node in original.node:
-        if node.name:  # a name used twice is ambiguous: restore neither
-            by_name[node.name] = node if node.name not in by_name else None
-    for node in graph.node:
-        source = by_name.get(node.name)
-        if source is None or source.op_type != node.op_type:
-            continue
-        node.doc_string = source.doc_string
-        if hasattr(node, "metadata_props"):
-            del node.metadata_props[:]
-            node.metadata_props.extend(source.metadata_props)
+    """Export ``graph`` and restore from ``original`` what gs does not carry (see ``graphopt.fidelity``);
+    ``original`` is the model ``graph`` was imported from."""
+    return fidelity.export_model(graph, original)

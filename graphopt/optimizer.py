@@ -27,7 +27,7 @@ from graphopt.instruments import (
     write_reproducer,
 )
 from graphopt.pass_base import Invariant, Pass, PassContext
-from graphopt.pipeline import as_pipeline, format_pipeline, run_pass
+from graphopt.pipeline import as_pipeline, check_requirements, format_pipeline, run_pass
 from graphopt.report import ModelStats, Report
 from graphopt.validate.numerics import run_model
 
@@ -69,6 +69,8 @@ def optimize(
     start = time.perf_counter()
     pipeline = as_pipeline(passes)
     pipeline_text = format_pipeline(pipeline)
+    held = {Invariant.INFERENCE_MODE}
+    check_requirements(pipeline, held)
     input_path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
     if output is not None:
         _check_output_path(input_path, os.fspath(output), in_place)
@@ -79,8 +81,7 @@ def optimize(
     def export(g):
         return model_io.to_model(g, original)
 
-    ctx = PassContext(AnalysisCache(), data=dataset, check_changed=check_changed,
-                      held={Invariant.INFERENCE_MODE})
+    ctx = PassContext(AnalysisCache(), data=dataset, check_changed=check_changed, held=held)
     ctx.instruments.extend(instruments)
     if skip:
         ctx.instruments.append(SkipPasses(skip))
@@ -96,7 +97,10 @@ def optimize(
         if output is not None:
             model_io.save(optimized, output)
     except (PassError, OutputModelError) as error:
-        raise _with_reproducer(error, original, pipeline_text, reproducer_dir) from error
+        replacement = _with_reproducer(error, original, pipeline_text, reproducer_dir)
+        if replacement is error:
+            raise
+        raise replacement from error.__cause__ or error
     except GraphoptError:
         raise
     except Exception as error:

@@ -30,8 +30,19 @@ from graphopt.instruments import PassRecord, verify_structure
 from graphopt.pass_base import Diagnostic, Invariant, Option, Pass, PassContext, PassResult
 from graphopt.registry import Registry, default_registry
 
+
+def _toposort(graph: gs.Graph) -> None:
+    """gs's toposort, nodes and local functions; only nodes when the graph has both subgraphs and local
+    functions, where sorting the functions recurses forever in gs 0.6 (RecursionError)."""
+    has_subgraph = next(graph.subgraphs(), None) is not None
+    graph.toposort(mode="nodes" if graph.functions and has_subgraph else "full")
+
+
+# Invariants that describe how the model is used rather than the graph: no rewrite can undo them.
+_ABOUT_THE_RUN = frozenset({Invariant.INFERENCE_MODE})
+
 _ESTABLISHERS = {
-    Invariant.TOPOLOGICALLY_SORTED: lambda graph: graph.toposort(),
+    Invariant.TOPOLOGICALLY_SORTED: _toposort,
     Invariant.SHAPES_INFERRED: infer_shapes,
 }
 
@@ -44,17 +55,17 @@ def run_pass(pass_: Pass, graph: gs.Graph, ctx: PassContext) -> PassResult:
     if not all(instrument.should_run(pass_, ctx) for instrument in ctx.instruments):
         ctx.records.append(PassRecord(path, pass_.name, skipped=True))
         return PassResult(False)
-    _establish(pass_.requires, graph, ctx)
     nodes_before = len(graph.nodes)
-    fingerprint = structural_fingerprint(graph) if ctx.check_changed else None
     start = time.perf_counter()
     try:
+        _establish(pass_.requires, graph, ctx)
+        fingerprint = structural_fingerprint(graph) if ctx.check_changed else None
         result = pass_.run(graph, ctx)
         if fingerprint is not None:
             _check_honesty(result, fingerprint, graph)
         if result.changed:
             ctx.analyses.invalidate()
-            ctx.held = (ctx.held & set(pass_.preserves)) | set(pass_.establishes)
+            ctx.held = (ctx.held & (pass_.preserves | _ABOUT_THE_RUN)) | pass_.establishes
             verify_structure(graph)
     except PassError:
         raise
@@ -73,10 +84,20 @@ def run_pass(pass_: Pass, graph: gs.Graph, ctx: PassContext) -> PassResult:
 
 def _establish(required: frozenset[Invariant], graph: gs.Graph, ctx: PassContext) -> None:
     for invariant in sorted(required - ctx.held, key=lambda i: i.value):
-        if invariant not in _ESTABLISHERS:
-            raise UsageError(f"the graph is not in {invariant.value} and graphopt cannot make it so")
         _ESTABLISHERS[invariant](graph)
         ctx.held.add(invariant)
+
+
+def check_requirements(pipeline: Pass, held: set[Invariant]) -> None:
+    """Before anything runs: every leaf pass requires only invariants the manager can establish on demand
+    (topological order, inferred shapes) or that hold for the whole run (inference mode)."""
+    if pipeline.children():
+        for child in pipeline.children():
+            check_requirements(child, held)
+        return
+    for invariant in sorted(pipeline.requires - held - set(_ESTABLISHERS), key=lambda i: i.value):
+        raise UsageError(f"pass {pipeline.name} requires the model to be in {invariant.value}, which this "
+                         f"run does not provide")
 
 
 def _check_honesty(result: PassResult, before: str, graph: gs.Graph) -> None:
@@ -171,7 +192,7 @@ def format_value(value: Any) -> str:
     if isinstance(value, float):
         return repr(value)
     text = str(value)
-    if text and not any(c in text for c in _SPECIAL) and text.lower() not in ("true", "false"):
+    if text and not any(c in _SPECIAL or c.isspace() for c in text) and text.lower() not in ("true", "false"):
         return text
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -190,8 +211,8 @@ def parse_pipeline(text: str, registry: Registry | None = None) -> Pipeline:
 
 
 class _Parser:
-    def __init__(self, text: str, registry: Registry):
-        self.text, self.registry, self.pos = text, registry, 0
+    def __init__(self, text: str, registry: Registry, expanding: frozenset[str] = frozenset()):
+        self.text, self.registry, self.pos, self.expanding = text, registry, 0, expanding
 
     def error(self, message: str) -> UsageError:
         return UsageError(f"pipeline text {self.text!r}, at character {self.pos + 1}: {message}")
@@ -254,7 +275,10 @@ class _Parser:
         if name in self.registry.presets:
             if has_args:
                 raise self.error(f"preset '{name}' takes no options")
-            return list(parse_pipeline(self.registry.presets[name], self.registry).children())
+            if name in self.expanding:
+                raise self.error(f"preset '{name}' refers to itself")
+            preset = _Parser(self.registry.presets[name], self.registry, self.expanding | {name})
+            return [p for item in preset.items(closing=None) for p in item]
         return [self.registry.create(name, **options)]
 
     def args(self) -> list[Any]:

@@ -1,8 +1,8 @@
 """eliminate-dead-nodes: remove nodes whose outputs nobody uses, and weights listed as graph inputs.
 
 A node is dead when none of its outputs is a graph output or (transitively) feeds one; removing it cannot
-change any output. onnx-graphsurgeon's ``cleanup`` finds them (subgraphs included); graph inputs are never
-removed, since they are the model's signature.
+change any output. onnx-graphsurgeon's ``cleanup`` finds them (subgraphs included; local function bodies are
+left as they are); graph inputs are never removed, since they are the model's signature.
 
 Old models (IR version < 4) list every initializer as a graph input too, which makes onnxruntime treat the
 weights as overridable inputs and keeps it from folding them. Such an input is removed (its initializer
@@ -29,7 +29,8 @@ class EliminateDeadNodes(Pass):
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         stats: dict[str, int] = {}
         nodes_before = _count_nodes(graph)
-        graph.cleanup(remove_unused_node_outputs=False, recurse_subgraphs=True, remove_unused_graph_inputs=False)
+        graph.cleanup(remove_unused_node_outputs=False, recurse_subgraphs=True, remove_unused_graph_inputs=False,
+                      recurse_functions=False)
         if nodes_before > _count_nodes(graph):
             stats["removed.nodes"] = nodes_before - _count_nodes(graph)
         if self.values["initializer_inputs"]:
