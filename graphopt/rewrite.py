@@ -66,7 +66,14 @@ def bypass(graph: gs.Graph, node: gs.Node, source: gs.Tensor, result: gs.Variabl
         source.name = name
         source.dtype = result.dtype or source.dtype
         source.shape = result.shape if result.shape is not None else source.shape
+    remove_node(graph, node)
+    return None
+
+
+def remove_node(graph: gs.Graph, node: gs.Node) -> None:
+    """Disconnect ``node`` and take it out of ``graph``. By identity: gs compares nodes by value, so
+    ``graph.nodes.remove`` could take out a different node that looks the same."""
     node.inputs.clear()
     node.outputs.clear()
-    graph.nodes.remove(node)
-    return None
+    index = next(i for i, candidate in enumerate(graph.nodes) if candidate is node)
+    del graph.nodes[index]

@@ -8,8 +8,10 @@ packages register their passes the same way, through the entry-point group ``gra
 from passes.eliminate_dead_nodes import EliminateDeadNodes
 from passes.eliminate_identity import EliminateIdentity
 from passes.fuse_conv_bn import FuseConvBatchNorm
+from passes.fuse_gelu import FuseGelu
+from passes.fuse_layer_norm import FuseLayerNorm
 
-PASSES = (EliminateDeadNodes, EliminateIdentity, FuseConvBatchNorm)
+PASSES = (EliminateDeadNodes, EliminateIdentity, FuseConvBatchNorm, FuseGelu, FuseLayerNorm)
 
 ALIASES = {
     "dce": EliminateDeadNodes.name,
@@ -17,7 +19,7 @@ ALIASES = {
 
 PRESETS = {
     "cleanup": "eliminate-identity,eliminate-dead-nodes",
-    "fuse": "fuse-conv-bn",
+    "fuse": "fuse-conv-bn,fuse-layer-norm,fuse-gelu",
     "lossless": "fixed-point(cleanup,fuse)",
     "all": "lossless",
 }

@@ -26,7 +26,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt.fusion import FusionPass, FusionRule, Match
-from graphopt.rewrite import NameAllocator
+from graphopt.rewrite import NameAllocator, remove_node
 
 _FLOATS = (np.float32, np.float64)
 
@@ -79,9 +79,7 @@ class ConvBatchNormRule(FusionRule):
         else:
             layer.inputs.append(bias)
         layer.outputs[0] = norm.outputs[0]
-        norm.inputs.clear()
-        norm.outputs.clear()
-        graph.nodes.remove(norm)
+        remove_node(graph, norm)
 
 
 def _check_layer(layer: gs.Node, norm: gs.Node) -> str | None:
