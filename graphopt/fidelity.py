@@ -18,11 +18,11 @@ Import works on a copy of the model: gs writes into the TensorProtos it imported
   order (gs makes them constants only), so the interface is unchanged until a pass (eliminate-dead-nodes)
   decides otherwise.
 
-For every export (``export_with_gs``), constants whose values a pass has read hold numpy arrays (gs drops its lazy reference to
-the TensorProto on first access), and gs's own encoder cannot write string tensors, does not pack 4-bit
-types and writes float8e4m3fnuz as float8e4m3fn; so, while gs exports, such constants are handed to it
-already encoded by ``onnx.numpy_helper``, and variables typed with numpy dtypes carry the ONNX element type
-that ``onnx.helper`` gives. The graph is left as it was afterwards.
+Every export goes through ``export_with_gs``, because constants whose values a pass has read hold numpy
+arrays (gs drops its lazy reference to the TensorProto on first access) and gs's own encoder cannot write
+string tensors, does not pack 4-bit types and writes float8e4m3fnuz as float8e4m3fn. While gs exports, such
+constants are handed to it already encoded by ``onnx.numpy_helper``, and variables typed with numpy dtypes
+carry the ONNX element type that ``onnx.helper`` gives; the graph is left as it was afterwards.
 
 After gs exported, ``export_model`` restores:
 
@@ -42,12 +42,13 @@ After gs exported, ``export_model`` restores:
 
 Matching: a node is found in the original by its name when that name is unique in its graph, else by its
 first output; it gets nothing back when no original node matches or when its op (domain and op_type)
-changed, and the subgraphs of a node are restored only through a matched node. A ValueInfo is restored only
-where the exported type is the one gs makes of the original type, so a type a pass changed stays; the
-model's inputs and outputs are its interface, which passes keep, so there a type that says less (no type,
-or no shape) is also replaced by the declared one. Nothing a
-pass removed comes back: nodes, initializers (unused ones are dropped), initializer inputs, functions.
-Initializer order is not restored. A dense initializer only is moved back out of subgraphs.
+changed, and the subgraphs of a node are restored only through a matched node (so an unnamed If whose
+output a pass renamed keeps gs's export of its branches: still a correct model, but without the items above).
+A ValueInfo is restored only where the exported type is the one gs makes of the original type, so a type a
+pass changed stays; the model's inputs and outputs are its interface, which passes keep, so there a type
+that says less (no type, or no shape) is also replaced by the declared one. Nothing a pass removed comes
+back: nodes, initializers (unused ones are dropped), initializer inputs, functions. Not restored:
+initializer order, and sparse initializers gs copies into subgraphs (they stay there, which is correct).
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
     return graph
 
 
-def gs_holds(attribute: onnx.AttributeProto) -> bool:
+def _gs_holds(attribute: onnx.AttributeProto) -> bool:
     """True if gs imports and exports ``attribute`` without loss."""
     if attribute.ref_attr_name:
         return True
@@ -100,7 +101,7 @@ def gs_holds(attribute: onnx.AttributeProto) -> bool:
     return attribute.type in _SCALAR_TYPES_GS_HOLDS
 
 
-def gs_exports_type(type_proto: onnx.TypeProto) -> bool:
+def _gs_exports_type(type_proto: onnx.TypeProto) -> bool:
     """True if gs can export a value of this type: tensors, sparse tensors, sequences of tensors, no type."""
     kind = type_proto.WhichOneof("value")
     if kind == "sequence_type":
@@ -118,7 +119,7 @@ def _is_utf8(data: bytes) -> bool:
 
 def _strip_graph_for_gs(graph: onnx.GraphProto) -> None:
     for value in (*graph.input, *graph.output, *graph.value_info):
-        if not gs_exports_type(value.type):
+        if not _gs_exports_type(value.type):
             value.ClearField("type")
     _strip_nodes_for_gs(graph.node)
 
@@ -133,7 +134,7 @@ def _strip_nodes_for_gs(nodes: Iterable[onnx.NodeProto]) -> None:
 
 def _remove_attributes_gs_cannot_hold(attributes) -> None:
     for index in reversed(range(len(attributes))):
-        if not gs_holds(attributes[index]):
+        if not _gs_holds(attributes[index]):
             del attributes[index]
 
 
@@ -226,7 +227,7 @@ def _restore_graph(graph: onnx.GraphProto, original: onnx.GraphProto,
     _restore_value_infos(graph, original, interface=outer_owners is None)
     if outer_owners is not None:
         _drop_outer_value_infos(graph, original)
-        _return_hoisted_initializers(graph, outer_owners)
+        _return_hoisted_initializers(graph, original, outer_owners)
     owners = dict(outer_owners or {})
     owners.update((initializer.name, graph) for initializer in original.initializer)
     _restore_nodes(graph.node, original.node, owners)
@@ -253,26 +254,26 @@ def _restore_value_infos(graph: onnx.GraphProto, original: onnx.GraphProto, inte
     declared = {value.name: value for value in (*original.value_info, *original.input, *original.output)}
     for value in (*graph.input, *graph.output):
         source = declared.get(value.name)
-        if source is not None and (is_gs_export_of(value.type, source.type)
+        if source is not None and (_is_gs_export_of(value.type, source.type)
                                    or interface and _says_less(value.type, source.type)):
             value.CopyFrom(source)
     for value in graph.value_info:
         source = declared.get(value.name)
-        if source is not None and is_gs_export_of(value.type, source.type):
+        if source is not None and _is_gs_export_of(value.type, source.type):
             value.CopyFrom(source)
     listed = {value.name for value in (*graph.input, *graph.output, *graph.value_info)}
     produced = {name for node in graph.node for name in node.output}
     graph.value_info.extend(value for value in original.value_info
                             if value.name in produced and value.name not in listed
-                            and not gs_exports_type(value.type))
+                            and not _gs_exports_type(value.type))
 
 
-def is_gs_export_of(exported: onnx.TypeProto, original: onnx.TypeProto) -> bool:
+def _is_gs_export_of(exported: onnx.TypeProto, original: onnx.TypeProto) -> bool:
     """True if ``exported`` is what gs makes of ``original``: gs drops denotations, the shapes of sequence
     elements and sparse tensors, and the types it cannot export; anything else means a pass changed it."""
     kind = exported.WhichOneof("value")
     if kind is None:
-        return not gs_exports_type(original) or original.WhichOneof("value") is None
+        return not _gs_exports_type(original) or original.WhichOneof("value") is None
     if kind != original.WhichOneof("value"):
         return False
     if kind == "sequence_type":
@@ -317,9 +318,11 @@ def _drop_outer_value_infos(graph: onnx.GraphProto, original: onnx.GraphProto) -
         _replace(graph.value_info, kept)
 
 
-def _return_hoisted_initializers(graph: onnx.GraphProto, outer_owners: dict[str, onnx.GraphProto]) -> None:
+def _return_hoisted_initializers(graph: onnx.GraphProto, original: onnx.GraphProto,
+                                 outer_owners: dict[str, onnx.GraphProto]) -> None:
     """gs copies an outer initializer into every subgraph that reads it: move it back to its owner."""
-    hoisted = [initializer for initializer in graph.initializer if initializer.name in outer_owners]
+    own = {initializer.name for initializer in original.initializer}
+    hoisted = [i for i in graph.initializer if i.name in outer_owners and i.name not in own]
     if not hoisted:
         return
     by_owner: dict[int, list[onnx.TensorProto]] = collections.defaultdict(list)
@@ -329,7 +332,8 @@ def _return_hoisted_initializers(graph: onnx.GraphProto, outer_owners: dict[str,
         owner = outer_owners[initializers[0].name]
         present = {initializer.name for initializer in owner.initializer}
         owner.initializer.extend(i for i in initializers if i.name not in present)
-    _replace(graph.initializer, [i for i in graph.initializer if i.name not in outer_owners])
+    moved = {initializer.name for initializer in hoisted}
+    _replace(graph.initializer, [i for i in graph.initializer if i.name not in moved])
 
 
 def _replace(field, items: list) -> None:
@@ -404,7 +408,7 @@ def _restore_node(node: onnx.NodeProto, source: onnx.NodeProto) -> None:
         if attribute.name in originals:
             _restore_attribute(attribute, originals[attribute.name])
     present = {attribute.name for attribute in node.attribute}
-    node.attribute.extend(a for a in source.attribute if a.name not in present and not gs_holds(a))
+    node.attribute.extend(a for a in source.attribute if a.name not in present and not _gs_holds(a))
     _order_like(node.attribute, [attribute.name for attribute in source.attribute])
 
 
@@ -452,7 +456,7 @@ def _restore_function(function: onnx.FunctionProto, source: onnx.FunctionProto) 
     function.value_info.extend(v for v in source.value_info if v.name in used and v.name not in declared)
     present = {attribute.name for attribute in function.attribute_proto}
     function.attribute_proto.extend(a for a in source.attribute_proto
-                                    if a.name not in present and not gs_holds(a))
+                                    if a.name not in present and not _gs_holds(a))
     _restore_nodes(function.node, source.node, owners={})
 
 
