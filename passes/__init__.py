@@ -5,20 +5,28 @@
 packages register their passes the same way, through the entry-point group ``graphopt.passes``.
 """
 
+from passes.deduplicate_initializers import DeduplicateInitializers
+from passes.eliminate_common_subexpressions import EliminateCommonSubexpressions
 from passes.eliminate_dead_nodes import EliminateDeadNodes
 from passes.eliminate_identity import EliminateIdentity
+from passes.eliminate_no_op_nodes import EliminateNoOpNodes
 from passes.fuse_conv_bn import FuseConvBatchNorm
 from passes.fuse_gelu import FuseGelu
 from passes.fuse_layer_norm import FuseLayerNorm
 
-PASSES = (EliminateDeadNodes, EliminateIdentity, FuseConvBatchNorm, FuseGelu, FuseLayerNorm)
+PASSES = (
+    DeduplicateInitializers, EliminateCommonSubexpressions, EliminateDeadNodes, EliminateIdentity,
+    EliminateNoOpNodes, FuseConvBatchNorm, FuseGelu, FuseLayerNorm,
+)
 
 ALIASES = {
     "dce": EliminateDeadNodes.name,
+    "cse": EliminateCommonSubexpressions.name,
 }
 
 PRESETS = {
-    "cleanup": "eliminate-identity,eliminate-dead-nodes",
+    "cleanup": "eliminate-identity,eliminate-no-op-nodes,eliminate-common-subexpressions,deduplicate-initializers,"
+               "eliminate-dead-nodes",
     "fuse": "fuse-conv-bn,fuse-layer-norm,fuse-gelu",
     "lossless": "fixed-point(cleanup,fuse)",
     "all": "lossless",
