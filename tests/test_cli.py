@@ -198,8 +198,8 @@ def test_internal_error_exit_3_with_reproducer(tiny_model, tmp_path, monkeypatch
     monkeypatch.setattr(EliminateIdentity, "run", broken)
     repro = tmp_path / "repro"
     out = tmp_path / "out.onnx"
-    code, _, err = run_cli(capsys, "optimize", tiny_model, out, "-p", "eliminate-identity,eliminate-dead-nodes", "--reproducer-dir",
-                         repro)
+    passes = "eliminate-identity,eliminate-dead-nodes"
+    code, _, err = run_cli(capsys, "optimize", tiny_model, out, "-p", passes, "--reproducer-dir", repro)
     assert code == 3
     assert "pass eliminate-identity failed: RuntimeError: boom" in err and str(repro) in err
     assert (repro / "pipeline.txt").read_text().strip() == "eliminate-identity,eliminate-dead-nodes"
