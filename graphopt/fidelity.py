@@ -230,6 +230,9 @@ def _restore_graph(graph: onnx.GraphProto, original: onnx.GraphProto,
         _return_hoisted_initializers(graph, original, outer_owners)
     owners = dict(outer_owners or {})
     owners.update((initializer.name, graph) for initializer in original.initializer)
+    # values this graph's nodes produced may have become constants (folding): gs copies those into every
+    # subgraph that reads them, so they are returned here too
+    owners.update((name, graph) for node in original.node for name in node.output if name)
     _restore_nodes(graph.node, original.node, owners)
 
 

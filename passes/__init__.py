@@ -10,16 +10,18 @@ from passes.eliminate_common_subexpressions import EliminateCommonSubexpressions
 from passes.eliminate_dead_nodes import EliminateDeadNodes
 from passes.eliminate_identity import EliminateIdentity
 from passes.eliminate_no_op_nodes import EliminateNoOpNodes
+from passes.fold_constants import FoldConstants
 from passes.fuse_conv_bn import FuseConvBatchNorm
 from passes.fuse_gelu import FuseGelu
 from passes.fuse_layer_norm import FuseLayerNorm
 
 PASSES = (
     DeduplicateInitializers, EliminateCommonSubexpressions, EliminateDeadNodes, EliminateIdentity,
-    EliminateNoOpNodes, FuseConvBatchNorm, FuseGelu, FuseLayerNorm,
+    EliminateNoOpNodes, FoldConstants, FuseConvBatchNorm, FuseGelu, FuseLayerNorm,
 )
 
 ALIASES = {
+    "fold": FoldConstants.name,
     "dce": EliminateDeadNodes.name,
     "cse": EliminateCommonSubexpressions.name,
 }
@@ -28,6 +30,6 @@ PRESETS = {
     "cleanup": "eliminate-identity,eliminate-no-op-nodes,eliminate-common-subexpressions,deduplicate-initializers,"
                "eliminate-dead-nodes",
     "fuse": "fuse-conv-bn,fuse-layer-norm,fuse-gelu",
-    "lossless": "fixed-point(cleanup,fuse)",
+    "lossless": "fixed-point(fold,cleanup,fuse)",
     "all": "lossless",
 }
