@@ -73,6 +73,19 @@ def single_producer(tensor: gs.Tensor | None) -> gs.Node | None:
     return tensor.inputs[0]
 
 
+def producer(tensor: gs.Tensor | None, *op_types: str) -> gs.Node | None:
+    """The single producer of ``tensor`` if it is one of ``op_types`` (default domain), else None."""
+    node = single_producer(tensor)
+    return node if node is not None and is_standard_op(node, *op_types) else None
+
+
+def both_orders(pair):
+    """The two operands of a commutative binary node, in both orders (nothing for other arities)."""
+    if len(pair) == 2:
+        yield pair[0], pair[1]
+        yield pair[1], pair[0]
+
+
 def escape_reason(match: Match, graph: gs.Graph) -> str | None:
     """Why the driver refuses ``match`` regardless of the rule, or None."""
     members = {id(node) for node in match.nodes}

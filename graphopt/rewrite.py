@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 
@@ -77,3 +78,30 @@ def remove_node(graph: gs.Graph, node: gs.Node) -> None:
     node.outputs.clear()
     index = next(i for i, candidate in enumerate(graph.nodes) if candidate is node)
     del graph.nodes[index]
+
+
+def replace_nodes(graph: gs.Graph, nodes: list[gs.Node], replacement: gs.Node) -> None:
+    """Put ``replacement`` where the last of ``nodes`` was and take ``nodes`` out (by identity)."""
+    members = {id(node) for node in nodes}
+    position = next(i for i, node in enumerate(graph.nodes) if node is nodes[-1])
+    for node in nodes:
+        node.inputs.clear()
+        node.outputs.clear()
+    kept = [node for node in graph.nodes[:position] if id(node) not in members]
+    graph.nodes[:] = kept + [replacement] + [node for node in graph.nodes[position:] if id(node) not in members]
+
+
+def constant_value(tensor: gs.Tensor | None) -> np.ndarray | None:
+    """The value of an initializer or of a Constant node's output; None for anything computed."""
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    node = tensor.inputs[0] if tensor is not None and len(tensor.inputs) == 1 else None
+    if node is None or not is_standard_op(node, "Constant"):
+        return None
+    if isinstance(node.attrs.get("value"), gs.Constant):
+        return np.asarray(node.attrs["value"].values)
+    for attribute, dtype in (("value_float", np.float32), ("value_floats", np.float32),
+                             ("value_int", np.int64), ("value_ints", np.int64)):
+        if attribute in node.attrs:
+            return np.asarray(node.attrs[attribute], dtype)
+    return None

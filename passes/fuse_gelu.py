@@ -30,8 +30,8 @@ from collections.abc import Iterator
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt.fusion import FusionPass, FusionRule, Match, single_producer
-from graphopt.rewrite import NameAllocator, is_standard_op
+from graphopt.fusion import FusionPass, FusionRule, Match, both_orders, producer
+from graphopt.rewrite import NameAllocator, constant_value, is_standard_op, replace_nodes
 
 logger = logging.getLogger(__name__)
 
@@ -75,12 +75,12 @@ class GeluRule(FusionRule):
         if (graph.opset or 0) < MIN_OPSET:
             return f"opset_below_{MIN_OPSET}"
         dtype = _float_dtype(match.x.dtype if match.x.dtype is not None
-                             else _constant_value(match.constants[0][0]).dtype)
+                             else constant_value(match.constants[0][0]).dtype)
         if dtype is None:
             return "unsupported_dtype"
         tolerance = max(RELATIVE_TOLERANCE, float(np.finfo(dtype).eps))
         for tensor, expected in match.constants:
-            value = _constant_value(tensor)
+            value = constant_value(tensor)
             if value.size != 1:
                 return "constant_not_scalar"
             if value.ndim > 0 and match.x.shape is None:
@@ -96,7 +96,7 @@ class GeluRule(FusionRule):
         output = match.last.outputs[0]
         gelu = gs.Node("Gelu", names.fresh(f"{output.name}_gelu"), attrs={"approximate": match.approximate},
                        inputs=[match.x], outputs=[output])
-        _replace_nodes(graph, match.nodes, gelu)
+        replace_nodes(graph, match.nodes, gelu)
         logger.debug("fused gelu (%s) into %s", match.approximate, output.name)
 
 
@@ -106,13 +106,13 @@ Outer = tuple[list[gs.Node], tuple[gs.Tensor, float], gs.Tensor, gs.Tensor]
 def _outer_forms(node: gs.Node) -> Iterator[Outer]:
     """Ways to read ``node`` as half * x * s: ``(other outer nodes, (half constant, its value), x, s)``."""
     if node.op == "Div":
-        product = _producer(node.inputs[0], "Mul")
+        product = producer(node.inputs[0], "Mul")
         if product is not None and _is_constant(node.inputs[1]):
-            for x, s in _both_orders(product.inputs):
+            for x, s in both_orders(product.inputs):
                 yield [product], (node.inputs[1], 2.0), x, s
         return
-    for first, second in _both_orders(node.inputs):
-        inner = _producer(first, "Mul", "Div")
+    for first, second in both_orders(node.inputs):
+        inner = producer(first, "Mul", "Div")
         if inner is None or len(inner.inputs) != 2:
             continue
         if inner.op == "Div":  # (x / 2) * s
@@ -126,11 +126,11 @@ def _outer_forms(node: gs.Node) -> Iterator[Outer]:
 
 def _match_inner(s: gs.Tensor, x: gs.Tensor):
     """``s = 1 + erf(x / sqrt 2)`` or ``1 + tanh(...)``: (nodes, approximate, constants) or None."""
-    add = _producer(s, "Add")
+    add = producer(s, "Add")
     if add is None:
         return None
-    for one, activated in _both_orders(add.inputs):
-        function = _producer(activated, "Erf", "Tanh")
+    for one, activated in both_orders(add.inputs):
+        function = producer(activated, "Erf", "Tanh")
         if function is None or not _is_constant(one):
             continue
         argument = _match_erf_argument if function.op == "Erf" else _match_tanh_argument
@@ -144,14 +144,14 @@ def _match_inner(s: gs.Tensor, x: gs.Tensor):
 
 def _match_erf_argument(tensor: gs.Tensor, x: gs.Tensor):
     """``x / sqrt(2)`` as Div(x, 1.414...) or Mul(x, 0.7071...) in either order."""
-    node = _producer(tensor, "Div", "Mul")
+    node = producer(tensor, "Div", "Mul")
     if node is None or len(node.inputs) != 2:
         return None
     if node.op == "Div":
         if node.inputs[0] is x and _is_constant(node.inputs[1]):
             return [node], [(node.inputs[1], SQRT_2)]
         return None
-    for data, constant in _both_orders(node.inputs):
+    for data, constant in both_orders(node.inputs):
         if data is x and _is_constant(constant):
             return [node], [(constant, 1.0 / SQRT_2)]
     return None
@@ -159,18 +159,18 @@ def _match_erf_argument(tensor: gs.Tensor, x: gs.Tensor):
 
 def _match_tanh_argument(tensor: gs.Tensor, x: gs.Tensor):
     """``sqrt(2/pi) * (x + 0.044715 * x^3)``, every Mul and Add in either order."""
-    scale_node = _producer(tensor, "Mul")
+    scale_node = producer(tensor, "Mul")
     if scale_node is None:
         return None
-    for scale, polynomial in _both_orders(scale_node.inputs):
-        add = _producer(polynomial, "Add")
+    for scale, polynomial in both_orders(scale_node.inputs):
+        add = producer(polynomial, "Add")
         if add is None or not _is_constant(scale):
             continue
-        for linear, cubic_term in _both_orders(add.inputs):
-            kappa_node = _producer(cubic_term, "Mul")
+        for linear, cubic_term in both_orders(add.inputs):
+            kappa_node = producer(cubic_term, "Mul")
             if linear is not x or kappa_node is None:
                 continue
-            for kappa, cube in _both_orders(kappa_node.inputs):
+            for kappa, cube in both_orders(kappa_node.inputs):
                 found = _match_cube(cube, x) if _is_constant(kappa) else None
                 if found is not None:
                     cube_nodes, cube_constants = found
@@ -181,42 +181,19 @@ def _match_tanh_argument(tensor: gs.Tensor, x: gs.Tensor):
 
 def _match_cube(tensor: gs.Tensor, x: gs.Tensor):
     """``x^3`` as Pow(x, 3), Mul(x, Mul(x, x)) or Mul(Mul(x, x), x)."""
-    node = _producer(tensor, "Pow", "Mul")
+    node = producer(tensor, "Pow", "Mul")
     if node is None or len(node.inputs) != 2:
         return None
     if node.op == "Pow":
         if node.inputs[0] is x and _is_constant(node.inputs[1]):
             return [node], [(node.inputs[1], 3.0)]
         return None
-    for linear, square in _both_orders(node.inputs):
-        square_node = _producer(square, "Mul")
+    for linear, square in both_orders(node.inputs):
+        square_node = producer(square, "Mul")
         if linear is x and square_node is not None and all(t is x for t in square_node.inputs) \
                 and len(square_node.inputs) == 2:
             return [square_node, node], []
     return None
-
-
-def _replace_nodes(graph: gs.Graph, nodes: list[gs.Node], replacement: gs.Node) -> None:
-    """Put ``replacement`` where the last of ``nodes`` was and remove ``nodes`` (by identity: gs compares
-    nodes by value, so ``list.remove`` could take an equal-looking other node)."""
-    members = {id(node) for node in nodes}
-    position = next(i for i, node in enumerate(graph.nodes) if node is nodes[-1])
-    for node in nodes:
-        node.inputs.clear()
-        node.outputs.clear()
-    kept = [node for node in graph.nodes[:position] if id(node) not in members]
-    graph.nodes[:] = kept + [replacement] + [node for node in graph.nodes[position:] if id(node) not in members]
-
-
-def _producer(tensor: gs.Tensor | None, *op_types: str) -> gs.Node | None:
-    node = single_producer(tensor)
-    return node if node is not None and is_standard_op(node, *op_types) else None
-
-
-def _both_orders(pair):
-    if len(pair) == 2:
-        yield pair[0], pair[1]
-        yield pair[1], pair[0]
 
 
 def _float_dtype(dtype) -> np.dtype | None:
@@ -229,27 +206,7 @@ def _float_dtype(dtype) -> np.dtype | None:
 
 
 def _is_constant(tensor: gs.Tensor) -> bool:
-    return _constant_value(tensor) is not None
-
-
-def _constant_value(tensor: gs.Tensor | None) -> np.ndarray | None:
-    """The value of an initializer or of a Constant node's output; None for anything computed."""
-    if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
-    node = _producer(tensor, "Constant")
-    if node is None:
-        return None
-    if isinstance(node.attrs.get("value"), gs.Constant):
-        return np.asarray(node.attrs["value"].values)
-    if "value_float" in node.attrs:
-        return np.asarray(node.attrs["value_float"], np.float32)
-    if "value_floats" in node.attrs:
-        return np.asarray(node.attrs["value_floats"], np.float32)
-    if "value_int" in node.attrs:
-        return np.asarray(node.attrs["value_int"], np.int64)
-    if "value_ints" in node.attrs:
-        return np.asarray(node.attrs["value_ints"], np.int64)
-    return None
+    return constant_value(tensor) is not None
 
 
 class FuseGelu(FusionPass):

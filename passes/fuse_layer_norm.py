@@ -41,8 +41,8 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt.fusion import FusionPass, FusionRule, Match, single_producer
-from graphopt.rewrite import NameAllocator, is_standard_op
+from graphopt.fusion import FusionPass, FusionRule, Match, both_orders, producer
+from graphopt.rewrite import NameAllocator, constant_value, is_standard_op, replace_nodes
 
 logger = logging.getLogger(__name__)
 
@@ -72,33 +72,33 @@ class LayerNormRule(FusionRule):
         if not is_standard_op(node, "Div") or len(node.inputs) != 2:
             return None
         d, denominator = node.inputs
-        sqrt = _producer(denominator, "Sqrt")
-        add_eps = _producer(sqrt.inputs[0], "Add") if sqrt else None
+        sqrt = producer(denominator, "Sqrt")
+        add_eps = producer(sqrt.inputs[0], "Add") if sqrt else None
         if add_eps is None:
             return None
-        for var_tensor, eps in _both_orders(add_eps.inputs):
-            var_mean = _producer(var_tensor, "ReduceMean")
-            if var_mean is not None and _constant_value(eps) is not None:
+        for var_tensor, eps in both_orders(add_eps.inputs):
+            var_mean = producer(var_tensor, "ReduceMean")
+            if var_mean is not None and constant_value(eps) is not None:
                 break
         else:
             return None
-        square = _producer(var_mean.inputs[0], "Pow", "Mul")
-        sub = _producer(d, "Sub")
+        square = producer(var_mean.inputs[0], "Pow", "Mul")
+        sub = producer(d, "Sub")
         if square is None or sub is None or len(square.inputs) != 2 or len(sub.inputs) != 2:
             return None
         x, mean_tensor = sub.inputs
-        mean = _producer(mean_tensor, "ReduceMean")
+        mean = producer(mean_tensor, "ReduceMean")
         if mean is None or mean.inputs[0] is not x:
             return None
         # The squared deviation reads d itself, or the same Sub(x, mean) computed a second time.
         squared = square.inputs[0]
-        second_sub = None if squared is d else _producer(squared, "Sub")
+        second_sub = None if squared is d else producer(squared, "Sub")
         if squared is not d and (second_sub is None or list(second_sub.inputs) != [x, mean_tensor]):
             return None
         if square.op == "Mul" and square.inputs[1] is not squared:
             return None
         exponent = square.inputs[1] if square.op == "Pow" else None
-        if exponent is not None and _constant_value(exponent) is None:
+        if exponent is not None and constant_value(exponent) is None:
             return None
         nodes = [mean, sub, *([second_sub] if second_sub else []), square, var_mean, add_eps, sqrt, node]
         match = LayerNormMatch(nodes, x=x, eps=eps, exponent=exponent, var_mean=var_mean)
@@ -128,7 +128,7 @@ class LayerNormRule(FusionRule):
         assert isinstance(match, LayerNormMatch)
         if (graph.opset or 0) < MIN_OPSET:
             return f"opset_below_{MIN_OPSET}"
-        eps = _constant_value(match.eps)
+        eps = constant_value(match.eps)
         if np.dtype(eps.dtype).type not in _FLOATS:
             return "unsupported_dtype"
         mean, var_mean = match.nodes[0], match.var_mean
@@ -143,7 +143,7 @@ class LayerNormRule(FusionRule):
         if eps.size != 1 or eps.ndim > len(match.x.shape):
             return "eps_not_scalar"
         if match.exponent is not None:
-            exponent = _constant_value(match.exponent)
+            exponent = constant_value(match.exponent)
             if exponent.size != 1 or exponent.ndim > len(match.x.shape) or float(exponent.reshape(-1)[0]) != 2.0:
                 return "pow_exponent_not_2"
         return None
@@ -151,14 +151,14 @@ class LayerNormRule(FusionRule):
     def rewrite(self, match: Match, graph: gs.Graph, names: NameAllocator) -> None:
         assert isinstance(match, LayerNormMatch)
         axis, normalized = _layout(match.x, match.nodes[0])
-        eps = _constant_value(match.eps)
+        eps = constant_value(match.eps)
         dtype = eps.dtype
         output = match.last.outputs[0]
         scale = _as_normalized(match.scale, normalized, dtype, names, f"{output.name}_scale")
         inputs = [match.x, scale]
         if match.bias is not None:
             inputs.append(_as_normalized(match.bias, normalized, dtype, names, f"{output.name}_bias"))
-        _replace_nodes(graph, match.nodes, gs.Node(
+        replace_nodes(graph, match.nodes, gs.Node(
             "LayerNormalization", names.fresh(f"{output.name}_layer_norm"),
             attrs={"axis": axis, "epsilon": float(eps.reshape(-1)[0])}, inputs=inputs, outputs=[output]))
         logger.debug("fused layer norm into %s (axis %d)", output.name, axis)
@@ -171,7 +171,7 @@ def _layout(x: gs.Tensor, reduce: gs.Node) -> tuple[int, tuple[int, ...]] | str:
     if "axes" in reduce.attrs:
         axes = list(reduce.attrs["axes"])
     elif len(reduce.inputs) > 1 and reduce.inputs[1].name:
-        value = _constant_value(reduce.inputs[1])
+        value = constant_value(reduce.inputs[1])
         if value is None:
             return "axes_not_constant"
         axes = [int(a) for a in value.reshape(-1)]
@@ -200,7 +200,7 @@ def _affine_operand(node: gs.Node, data: gs.Tensor, normalized: tuple[int, ...])
     if len(node.inputs) != 2 or node.inputs[0] is node.inputs[1] or data not in node.inputs:
         return None
     other = node.inputs[1] if node.inputs[0] is data else node.inputs[0]
-    value = _constant_value(other)
+    value = constant_value(other)
     if value is None or np.dtype(value.dtype).type not in _FLOATS:
         return None
     shape = value.shape
@@ -219,57 +219,14 @@ def _as_normalized(tensor: gs.Tensor | None, normalized: tuple[int, ...], dtype:
         return gs.Constant(names.fresh(base), np.ones(normalized, dtype))
     if isinstance(tensor, gs.Constant) and tuple(tensor.shape) == normalized:
         return tensor
-    value = _constant_value(tensor)
+    value = constant_value(tensor)
     value = value.reshape(value.shape[max(0, value.ndim - len(normalized)):])
     return gs.Constant(names.fresh(base), np.ascontiguousarray(np.broadcast_to(value, normalized)))
-
-
-def _replace_nodes(graph: gs.Graph, nodes: list[gs.Node], replacement: gs.Node) -> None:
-    """Put ``replacement`` where the last of ``nodes`` was and remove ``nodes`` (by identity: gs compares
-    nodes by value, so ``list.remove`` could take an equal-looking other node)."""
-    members = {id(node) for node in nodes}
-    position = next(i for i, node in enumerate(graph.nodes) if node is nodes[-1])
-    for node in nodes:
-        node.inputs.clear()
-        node.outputs.clear()
-    kept = [node for node in graph.nodes[:position] if id(node) not in members]
-    graph.nodes[:] = kept + [replacement] + [node for node in graph.nodes[position:] if id(node) not in members]
-
-
-def _producer(tensor: gs.Tensor | None, *op_types: str) -> gs.Node | None:
-    node = single_producer(tensor)
-    return node if node is not None and is_standard_op(node, *op_types) else None
 
 
 def _sole_consumer(node: gs.Node) -> gs.Node | None:
     output = node.outputs[0]
     return output.outputs[0] if len(node.outputs) == 1 and len(output.outputs) == 1 else None
-
-
-def _both_orders(pair):
-    if len(pair) == 2:
-        yield pair[0], pair[1]
-        yield pair[1], pair[0]
-
-
-def _constant_value(tensor: gs.Tensor | None) -> np.ndarray | None:
-    """The value of an initializer or of a Constant node's output; None for anything computed."""
-    if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
-    node = _producer(tensor, "Constant")
-    if node is None:
-        return None
-    if isinstance(node.attrs.get("value"), gs.Constant):
-        return np.asarray(node.attrs["value"].values)
-    if "value_float" in node.attrs:
-        return np.asarray(node.attrs["value_float"], np.float32)
-    if "value_floats" in node.attrs:
-        return np.asarray(node.attrs["value_floats"], np.float32)
-    if "value_int" in node.attrs:
-        return np.asarray(node.attrs["value_int"], np.int64)
-    if "value_ints" in node.attrs:
-        return np.asarray(node.attrs["value_ints"], np.int64)
-    return None
 
 
 class FuseLayerNorm(FusionPass):
