@@ -8,7 +8,8 @@ can read in the stats; ``rewrite(match, graph, names)`` performs the rewrite so 
 tensors keep being produced (same tensor objects), so consumers need no rewiring.
 
 The driver refuses, before asking the rule, any match whose intermediate tensors are graph outputs or have
-consumers outside the match, and any match whose weights (the constants the rule will modify, listed by the
+live consumers outside the match (a consumer no graph output depends on does not count: the pass's
+clean-up removes it), and any match whose weights (the constants the rule will modify, listed by the
 rule in ``Match.weights``) are shared with other nodes. It counts ``rewrites.<rule>`` and
 ``skipped.<rule>.<reason>``, visits subgraphs, and runs clean-up and toposort once per pass.
 """
@@ -86,18 +87,45 @@ def both_orders(pair):
         yield pair[1], pair[0]
 
 
-def escape_reason(match: Match, graph: gs.Graph) -> str | None:
-    """Why the driver refuses ``match`` regardless of the rule, or None."""
-    members = {id(node) for node in match.nodes}
+def escape_reason(match: Match, graph: gs.Graph, dead: frozenset[int] = frozenset()) -> str | None:
+    """Why the driver refuses ``match`` regardless of the rule, or None. Consumers in ``dead`` (ids of nodes
+    no graph output depends on; the pass's clean-up removes them) do not count."""
+    ignored = {id(node) for node in match.nodes} | dead
     for tensor in match.intermediates():
         if tensor in graph.outputs:
             return "intermediate_is_graph_output"
-        if any(id(consumer) not in members for consumer in tensor.outputs):
+        if any(id(consumer) not in ignored for consumer in tensor.outputs):
             return "intermediate_has_other_consumers"
     for weight in match.weights:
-        if any(id(consumer) not in members for consumer in weight.outputs):
+        if any(id(consumer) not in ignored for consumer in weight.outputs):
             return "shared_weight"
     return None
+
+
+def dead_nodes(graph: gs.Graph) -> frozenset[int]:
+    """Ids of the nodes of ``graph`` that no graph output depends on. Nodes read through subgraphs count as
+    live (the node holding the subgraph is what the walk reaches)."""
+    live: set[int] = set()
+    stack = [tensor for tensor in graph.outputs]
+    while stack:
+        tensor = stack.pop()
+        for node in tensor.inputs:
+            if id(node) not in live:
+                live.add(id(node))
+                stack.extend(node.inputs)
+                stack.extend(_outer_reads(node))
+    return frozenset(id(node) for node in graph.nodes if id(node) not in live)
+
+
+def _outer_reads(node: gs.Node) -> list[gs.Tensor]:
+    """Tensors a node's subgraphs read from enclosing scopes (they are live when the node is)."""
+    reads = []
+    for value in node.attrs.values():
+        if isinstance(value, gs.Graph):
+            local = {id(t) for g in all_graphs(value) for n in g.nodes for t in n.outputs}
+            local |= {id(t) for g in all_graphs(value) for t in g.inputs}
+            reads += [t for g in all_graphs(value) for n in g.nodes for t in n.inputs if id(t) not in local]
+    return reads
 
 
 class FusionPass(Pass):
@@ -121,6 +149,7 @@ class FusionPass(Pass):
 
     def _apply(self, graph: gs.Graph, names: NameAllocator, stats: collections.Counter[str]) -> None:
         consumed: set[int] = set()
+        dead = dead_nodes(graph)
         for node in list(graph.nodes):
             for rule in self.rules:
                 if id(node) in consumed:
@@ -128,10 +157,12 @@ class FusionPass(Pass):
                 match = rule.match(node)
                 if match is None or any(id(n) in consumed for n in match.nodes):
                     continue
-                reason = escape_reason(match, graph) or rule.check(match, graph)
+                reason = escape_reason(match, graph, dead) or rule.check(match, graph)
                 if reason:
                     stats[f"skipped.{rule.name}.{reason}"] += 1
                     continue
                 rule.rewrite(match, graph, names)
-                consumed.update(id(n) for n in match.nodes)
+                # removed nodes are gone; a node the rewrite kept (e.g. the Conv that absorbed a
+                # BatchNormalization) may start the next match in the same sweep
+                consumed.update(id(n) for n in match.nodes if not n.outputs)
                 stats[f"rewrites.{rule.name}"] += 1
