@@ -83,8 +83,9 @@ def list_passes() -> None:
 
     registry = default_registry()
     table = Table(title="passes", title_justify="left")
-    for column in ("name", "summary", "options (default)"):
-        table.add_column(column)
+    table.add_column("name", no_wrap=True)
+    table.add_column("summary")
+    table.add_column("options (default)")
     for cls in [*sorted(registry.passes.values(), key=lambda c: c.name), *COMPOSITES.values()]:
         options = "\n".join(f"{o.name}={format_value(o.default)}: {o.help} ({o.describe_allowed()})"
                             for o in cls.options)
