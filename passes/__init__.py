@@ -12,12 +12,18 @@ from passes.eliminate_identity import EliminateIdentity
 from passes.eliminate_no_op_nodes import EliminateNoOpNodes
 from passes.fold_constants import FoldConstants
 from passes.fuse_conv_bn import FuseConvBatchNorm
+from passes.fuse_conv_mul_add import FuseConvMulAdd
 from passes.fuse_gelu import FuseGelu
 from passes.fuse_layer_norm import FuseLayerNorm
+from passes.fuse_matmul_add_into_gemm import FuseMatMulAddIntoGemm
+from passes.fuse_pad_into_conv import FusePadIntoConv
+from passes.fuse_reshapes import FuseReshapes
+from passes.fuse_transposes import FuseTransposes
 
 PASSES = (
     DeduplicateInitializers, EliminateCommonSubexpressions, EliminateDeadNodes, EliminateIdentity,
-    EliminateNoOpNodes, FoldConstants, FuseConvBatchNorm, FuseGelu, FuseLayerNorm,
+    EliminateNoOpNodes, FoldConstants, FuseConvBatchNorm, FuseConvMulAdd, FuseGelu, FuseLayerNorm,
+    FuseMatMulAddIntoGemm, FusePadIntoConv, FuseReshapes, FuseTransposes,
 )
 
 ALIASES = {
@@ -29,7 +35,8 @@ ALIASES = {
 PRESETS = {
     "cleanup": "eliminate-identity,eliminate-no-op-nodes,eliminate-common-subexpressions,deduplicate-initializers,"
                "eliminate-dead-nodes",
-    "fuse": "fuse-conv-bn,fuse-layer-norm,fuse-gelu",
+    "fuse": "fuse-conv-bn,fuse-conv-mul-add,fuse-pad-into-conv,fuse-matmul-add-into-gemm,fuse-transposes,"
+            "fuse-reshapes,fuse-layer-norm,fuse-gelu",
     "lossless": "fixed-point(fold,cleanup,fuse)",
     "all": "lossless",
 }
