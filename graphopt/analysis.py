@@ -8,14 +8,19 @@ hash the manager uses to check that a pass's ``changed`` bit is honest. ``infer_
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
-from collections.abc import Callable
+import math
+import sys
+import weakref
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from graphopt.fidelity import export_with_gs
 
@@ -70,7 +75,7 @@ def _feed_graph(digest: hashlib._Hash, graph: gs.Graph) -> None:
 def _tensor_key(digest: hashlib._Hash, tensor: gs.Tensor) -> str:
     if isinstance(tensor, gs.Constant):
         digest.update(f"const {tensor.name}".encode())
-        _feed_array(digest, tensor.values)
+        digest.update(constant_digest(tensor))
     return tensor.name
 
 
@@ -78,9 +83,9 @@ def _feed_value(digest: hashlib._Hash, value: Any) -> None:
     if isinstance(value, gs.Graph):
         _feed_graph(digest, value)
     elif isinstance(value, gs.Constant):
-        _feed_array(digest, value.values)
+        digest.update(constant_digest(value))
     elif isinstance(value, np.ndarray):
-        _feed_array(digest, value)
+        digest.update(array_digest(value))
     elif isinstance(value, (list, tuple)):
         for item in value:
             _feed_value(digest, item)
@@ -88,10 +93,108 @@ def _feed_value(digest: hashlib._Hash, value: Any) -> None:
         digest.update(repr(value).encode())
 
 
-def _feed_array(digest: hashlib._Hash, array: Any) -> None:
-    array = np.asarray(array)
-    digest.update(f"{array.dtype} {array.shape}".encode())
-    digest.update(np.ascontiguousarray(array).tobytes() if array.dtype != object else repr(array).encode())
+# ---------------------------------------------------------------------------------------------------------
+# Digests of constant values
+
+
+def constant_digest(tensor: gs.Constant) -> bytes:
+    """SHA-256 of a constant's values as gs decodes them: dtype, shape and bytes (``array_digest``). The same
+    whether or not gs has decoded the values yet, so reading a constant never looks like a change.
+
+    Weights are most of a model's bytes and are hashed again by every fingerprint and by the passes that
+    compare constants, so a digest is computed once per values object (the ``LazyValues`` holding the
+    TensorProto, or the numpy array) and cached for as long as that object lives. That is exact because
+    values are never edited in place: a pass that changes a constant gives it new values (the pass contract,
+    see ``graphopt.pass_base``), and ``graphopt.fidelity`` never lets gs write into a TensorProto it shares.
+    Under ``exact_digests`` (the pass manager's honesty check) arrays are hashed every time, so that even
+    an in-place edit shows. Plain numeric TensorProtos with ``raw_data`` are hashed from those bytes without
+    decoding them: decoding them gives exactly those bytes (on a little-endian machine).
+    """
+    values = tensor._values
+    if not isinstance(values, LazyValues):
+        values = np.asarray(values)
+        if _exact_arrays or values is not tensor._values:  # an array made here for a list is not kept
+            return array_digest(values)
+    cached = _DIGESTS.get(id(values))
+    if cached is not None and cached[0]() is values:
+        return cached[1]
+    if isinstance(values, np.ndarray):
+        digest = array_digest(values)
+    else:
+        digest = _raw_data_digest(values) if type(values) is LazyValues else None
+        if digest is None:
+            digest = array_digest(values.load())
+    _DIGESTS[id(values)] = (weakref.ref(values, _forget(id(values))), digest)
+    return digest
+
+
+_DIGESTS: dict[int, tuple[weakref.ref, bytes]] = {}  # id(values object) -> (a reference to it, digest)
+_exact_arrays = False
+
+
+@contextlib.contextmanager
+def exact_digests(exact: bool = True) -> Iterator[None]:
+    """While active (with ``exact``), ``constant_digest`` hashes numpy arrays every time instead of trusting
+    the digest it cached for the same array object."""
+    global _exact_arrays
+    previous, _exact_arrays = _exact_arrays, exact or _exact_arrays
+    try:
+        yield
+    finally:
+        _exact_arrays = previous
+
+
+def _forget(key: int) -> Callable[[weakref.ref], None]:
+    """A weakref callback that drops the cache entry of a values object that no longer exists."""
+    def callback(ref: weakref.ref) -> None:
+        entry = _DIGESTS.get(key)
+        if entry is not None and entry[0] is ref:
+            del _DIGESTS[key]
+    return callback
+
+
+# Element types whose raw_data, read as the numpy dtype onnx maps them to, is what ``to_array`` decodes.
+_PLAIN_ELEMENT_TYPES = frozenset({
+    onnx.TensorProto.FLOAT, onnx.TensorProto.UINT8, onnx.TensorProto.INT8, onnx.TensorProto.UINT16,
+    onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64, onnx.TensorProto.BOOL,
+    onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64,
+    onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128,
+})
+
+
+def _raw_data_digest(values: LazyValues) -> bytes | None:
+    """``array_digest(values.load())`` computed from the TensorProto's raw_data, or None where decoding
+    could give other bytes (other element types or encodings, a size that does not match the dims)."""
+    proto = values.tensor
+    if sys.byteorder != "little" or proto.data_type not in _PLAIN_ELEMENT_TYPES or not proto.HasField("raw_data") \
+            or proto.data_location == onnx.TensorProto.EXTERNAL:
+        return None
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(proto.data_type))
+    shape = tuple(int(d) for d in proto.dims)
+    raw = proto.raw_data
+    if len(raw) != math.prod(shape) * dtype.itemsize:
+        return None
+    return _digest_of(dtype, shape, raw)
+
+
+def array_digest(array: np.ndarray) -> bytes:
+    """SHA-256 of an array's dtype, shape and bytes (strings: each length-prefixed, so no two lists of
+    strings collide)."""
+    if array.dtype == object:
+        items = [item if isinstance(item, bytes) else str(item).encode() for item in array.ravel()]
+        return _digest_of(array.dtype, array.shape, b"".join(len(i).to_bytes(8, "little") + i for i in items))
+    contiguous = np.ascontiguousarray(array).reshape(-1)
+    try:
+        data = contiguous.view(np.uint8)  # hashed in place: no copy of the bytes
+    except (TypeError, ValueError):
+        data = contiguous.tobytes()
+    return _digest_of(array.dtype, array.shape, data)
+
+
+def _digest_of(dtype: np.dtype, shape: tuple, data) -> bytes:
+    digest = hashlib.sha256(f"{dtype} {tuple(shape)}".encode())
+    digest.update(data)
+    return digest.digest()
 
 
 _KEEP_VALUES_UP_TO = 4096  # elements
@@ -104,10 +207,8 @@ def infer_shapes(graph: gs.Graph) -> None:
     small ones such as shape vectors keep their values for data propagation), so large models cost no
     extra copy of their weights. Tensors whose shape inference cannot determine keep what they had.
     """
-    model = export_with_gs(graph)  # gs.export_onnx cannot write every constant a pass has read
-    for initializer in model.graph.initializer:
-        if np.prod(initializer.dims, dtype=np.int64) > _KEEP_VALUES_UP_TO:
-            _drop_payload(initializer)
+    # gs.export_onnx cannot write every constant a pass has read; large values are never even copied
+    model = export_with_gs(graph, values_up_to=_KEEP_VALUES_UP_TO)
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as error:  # onnx raises bare exceptions from C++; inference is best-effort here
@@ -124,10 +225,3 @@ def infer_shapes(graph: gs.Graph) -> None:
                 tensor.shape = [d.dim_param or (d.dim_value if d.HasField("dim_value") else None)
                                 for d in tensor_type.shape.dim]
 
-
-def _drop_payload(tensor: onnx.TensorProto) -> None:
-    """Keep a tensor's name, type and dims, and drop its values (shape inference needs only those)."""
-    dims, dtype, name = list(tensor.dims), tensor.data_type, tensor.name
-    tensor.Clear()
-    tensor.name, tensor.data_type = name, dtype
-    tensor.dims.extend(dims)

@@ -5,8 +5,11 @@ edited graph and then restores from ``original`` what gs cannot carry. Nothing i
 every restoration is recomputed from ``original`` and matched to what the passes left behind (see Matching),
 so it stays right after passes edited the graph.
 
-Import works on a copy of the model: gs writes into the TensorProtos it imported when it exports (it sets
-``name`` on the tensors of Constant nodes and renames initializers), and the copy is sanitized first:
+Import works on a copy of the model that holds no weights: the main graph's initializers are copied without
+their values, and gs's constants then read the original's TensorProtos, shared rather than copied (a model's
+weights are most of its bytes; copying them cost a full copy of the model in time and memory). gs writes into
+the TensorProtos it exports (it sets ``name`` on them), so export never hands gs a tensor that holds values
+(see below), and the shared TensorProtos are never written. The copy is sanitized first:
 
 * attributes gs cannot hold are removed from the copy, and put back on their node at export: empty
   INTS/FLOATS/STRINGS (gs's export raises), STRING(S) that are not UTF-8 (gs's import raises), and TENSORS,
@@ -20,9 +23,14 @@ Import works on a copy of the model: gs writes into the TensorProtos it imported
 
 Every export goes through ``export_with_gs``, because constants whose values a pass has read hold numpy
 arrays (gs drops its lazy reference to the TensorProto on first access) and gs's own encoder cannot write
-string tensors, does not pack 4-bit types and writes float8e4m3fnuz as float8e4m3fn. While gs exports, such
-constants are handed to it already encoded by ``onnx.numpy_helper``, and variables typed with numpy dtypes
-carry the ONNX element type that ``onnx.helper`` gives; the graph is left as it was afterwards.
+string tensors, does not pack 4-bit types and writes float8e4m3fnuz as float8e4m3fn. While gs exports, every
+dense constant is handed to it as a placeholder TensorProto with the constant's element type and dims but no
+values, and variables typed with numpy dtypes carry the ONNX element type that ``onnx.helper`` gives; the
+graph is left as it was afterwards. Then each placeholder in the exported model is filled: with a copy of the
+constant's TensorProto, or with its array encoded by ``onnx.numpy_helper`` (named as gs named it). The result
+is what gs writes when handed those TensorProtos, without gs copying every weight twice (``make_graph`` and
+``make_model`` each copy the graph) and without writing into the shared TensorProtos. Shape inference asks
+for large initializer values to be left out altogether (``values_up_to``).
 
 After gs exported, ``export_model`` restores:
 
@@ -55,6 +63,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import uuid
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -62,7 +71,7 @@ import onnx
 import onnx.numpy_helper
 import onnx_graphsurgeon as gs
 from onnx import AttributeProto
-from onnx_graphsurgeon.ir.tensor import LazyValues
+from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 from graphopt.rewrite import all_graphs
 
@@ -77,16 +86,65 @@ _MODEL_FIELDS = ("producer_name", "producer_version", "domain", "model_version",
 
 
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
-    """``model``'s graph as a gs.Graph, imported from a sanitized copy (``model`` is left untouched)."""
-    sanitized = onnx.ModelProto()
-    sanitized.CopyFrom(model)
+    """``model``'s graph as a gs.Graph, imported from a sanitized copy without weights (``model`` is left
+    untouched). The graph's constants read ``model``'s initializer TensorProtos, which are not copied: keep
+    ``model`` unchanged while the graph is in use."""
+    sanitized, weights = _copy_without_weights(model)
     _strip_graph_for_gs(sanitized.graph)
     for function in sanitized.functions:
         _strip_nodes_for_gs(function.node)
         _remove_attributes_gs_cannot_hold(function.attribute_proto)
     graph = gs.import_onnx(sanitized)
+    _read_weights_from(graph, weights)
     _keep_initializer_inputs(graph, model.graph)
     return graph
+
+
+# The fields of a TensorProto that hold its values; the others (name, type, dims, ...) describe it.
+_VALUE_FIELDS = frozenset({"raw_data", "float_data", "int32_data", "string_data", "int64_data", "double_data",
+                           "uint64_data"})
+
+
+def _copy_without_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[int, tuple]]:
+    """A copy of ``model`` whose main-graph initializers have no values, and for each of those stand-ins (by
+    ``id``) the pair (stand-in, original TensorProto). Copied field by field: ``CopyFrom`` would copy the
+    weights too (upb copies deeply and has no way to copy a message while leaving some fields out)."""
+    copy = onnx.ModelProto()
+    copy_fields_except(copy, model, skip={"graph"})
+    copy.graph.SetInParent()
+    copy_fields_except(copy.graph, model.graph, skip={"initializer"})
+    weights = {}
+    for initializer in model.graph.initializer:
+        stand_in = copy.graph.initializer.add()
+        copy_fields_except(stand_in, initializer, skip=_VALUE_FIELDS)
+        weights[id(stand_in)] = (stand_in, initializer)  # the stand-in is kept alive, so its id stays its own
+    return copy, weights
+
+
+def copy_fields_except(target, source, skip) -> None:
+    """Copy every field ``source`` has set, except those named in ``skip`` (whose values are never read).
+    Unknown fields are not copied."""
+    for field in source.DESCRIPTOR.fields:
+        if field.name in skip:
+            continue
+        if field.is_repeated:
+            values = getattr(source, field.name)
+            if len(values):
+                getattr(target, field.name).extend(values)
+        elif source.HasField(field.name):
+            if field.message_type is not None:
+                getattr(target, field.name).CopyFrom(getattr(source, field.name))
+            else:
+                setattr(target, field.name, getattr(source, field.name))
+
+
+def _read_weights_from(graph: gs.Graph, weights: dict[int, tuple]) -> None:
+    """Point the constants gs imported from value-less stand-ins at the original TensorProtos."""
+    for tensor in _every_tensor(graph):
+        if isinstance(tensor, gs.Constant) and isinstance(tensor._values, LazyValues):
+            pair = weights.get(id(tensor._values.tensor))
+            if pair is not None and pair[0] is tensor._values.tensor:
+                tensor._values = LazyValues(pair[1])
 
 
 def _gs_holds(attribute: onnx.AttributeProto) -> bool:
@@ -152,46 +210,156 @@ def _keep_initializer_inputs(graph: gs.Graph, original: onnx.GraphProto) -> None
 # Export
 
 
-def export_model(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
-    """Export ``graph`` with gs and restore from ``original`` what gs does not carry (see the module docstring)."""
-    model = export_with_gs(graph)
+def export_model(graph: gs.Graph, original: onnx.ModelProto, *, release: bool = False) -> onnx.ModelProto:
+    """Export ``graph`` with gs and restore from ``original`` what gs does not carry (see the module docstring).
+    ``release``: see ``export_with_gs``."""
+    model = export_with_gs(graph, release=release)
     _restore_graph(model.graph, original.graph, outer_owners=None)
     _restore_functions(model, original)
     _restore_model_fields(model, original)
     return model
 
 
-def export_with_gs(graph: gs.Graph) -> onnx.ModelProto:
+def export_with_gs(graph: gs.Graph, *, values_up_to: int | None = None, release: bool = False) -> onnx.ModelProto:
     """``gs.export_onnx`` without type checks, safe for graphs whose constants a pass has read (see the
-    module docstring); nothing is restored. For analyses that need the graph as a ModelProto."""
-    with _encoded_for_gs(graph):
-        return gs.export_onnx(graph, do_type_check=False)
+    module docstring); nothing is restored. For analyses that need the graph as a ModelProto.
+
+    ``values_up_to``: main-graph initializers with more elements than this are written with their name,
+    element type and dims only (for shape inference, which needs no more). ``release``: constants that hold
+    numpy arrays are left reading the exported TensorProtos instead, so each array can be freed as soon as it
+    is written (for the last export of a graph: the graph then shares memory with the returned model).
+    """
+    with _encoded_for_gs(graph) as placeholders:
+        model = gs.export_onnx(graph, do_type_check=False)
+    _fill_placeholders(model, placeholders, values_up_to, release)
+    return model
 
 
 @contextlib.contextmanager
-def _encoded_for_gs(graph: gs.Graph) -> Iterator[None]:
-    """While gs exports: constants holding numpy arrays hold TensorProtos that onnx encoded, and variables
-    typed with numpy dtypes hold their ONNX element type (see the module docstring). Undone afterwards.
+def _encoded_for_gs(graph: gs.Graph) -> Iterator[_Placeholders]:
+    """While gs exports: dense constants hold value-less placeholder TensorProtos, and variables typed with
+    numpy dtypes hold their ONNX element type (see the module docstring). Undone afterwards.
 
     gs keeps a constant's values in the private ``_values`` (and a requested conversion in
-    ``_export_dtype``); reading them through ``values`` would load every still-lazy weight.
+    ``_export_dtype``: gs encodes those itself, as before); reading them through ``values`` would load every
+    still-lazy weight.
     """
+    placeholders = _Placeholders()
     undo: list[tuple[gs.Tensor, str, object]] = []
     try:
         for tensor in _every_tensor(graph):
             if isinstance(tensor, gs.Constant):
-                if isinstance(tensor._values, np.ndarray) and tensor._export_dtype is None:
-                    undo.append((tensor, "_values", tensor._values))
-                    tensor._values = LazyValues(onnx.numpy_helper.from_array(tensor._values, tensor.name))
+                values = tensor._values  # sparse constants (SparseValues) are left to gs, which copies them
+                dense = isinstance(values, LazyValues) and not isinstance(values, SparseValues)
+                if dense or (isinstance(values, np.ndarray) and tensor._export_dtype is None):
+                    undo.append((tensor, "_values", values))
+                    tensor._values = LazyValues(placeholders.add(tensor, values))
             elif isinstance(tensor.dtype, np.dtype):
                 element_type = _onnx_element_type(tensor.dtype)
                 if element_type is not None:
                     undo.append((tensor, "dtype", tensor.dtype))
                     tensor.dtype = element_type
-        yield
+        yield placeholders
     finally:
         for tensor, field, value in reversed(undo):
             setattr(tensor, field, value)
+
+
+class _Placeholders:
+    """Value-less TensorProtos handed to gs in place of constants' values, each marked in its ``doc_string``
+    (gs copies the TensorProtos it gets as they are, and sets only their ``name``). The mark carries a random
+    token, so no tensor of the model can be taken for a placeholder."""
+
+    def __init__(self) -> None:
+        self.mark = f"graphopt placeholder {uuid.uuid4().hex} "
+        self.sources: list[list] = []  # [constant, TensorProto or numpy array]
+
+    def add(self, constant: gs.Constant, values: LazyValues | np.ndarray) -> onnx.TensorProto:
+        placeholder = onnx.TensorProto()
+        if isinstance(values, LazyValues):
+            source = values.tensor
+            placeholder.data_type = source.data_type
+            placeholder.dims.extend(source.dims)
+        else:
+            source = values
+            placeholder.data_type = _array_element_type(values)
+            placeholder.dims.extend(values.shape)
+        placeholder.doc_string = f"{self.mark}{len(self.sources)}"
+        self.sources.append([constant, source])
+        return placeholder
+
+    def index(self, tensor: onnx.TensorProto) -> int | None:
+        """The placeholder number ``tensor`` is marked with, or None for any other tensor."""
+        if tensor.HasField("doc_string") and tensor.doc_string.startswith(self.mark):
+            return int(tensor.doc_string[len(self.mark):])
+        return None
+
+
+def _array_element_type(array: np.ndarray) -> int:
+    """The element type ``onnx.numpy_helper.from_array`` writes ``array`` with."""
+    if array.dtype == object or np.issubdtype(array.dtype, np.str_):
+        return onnx.TensorProto.STRING
+    return onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
+
+
+def _fill_placeholders(model: onnx.ModelProto, placeholders: _Placeholders, values_up_to: int | None,
+                       release: bool) -> None:
+    """Give every placeholder in ``model`` its constant's values (see ``export_with_gs``): what gs writes when
+    handed the constant's TensorProto, or the array encoded by ``onnx.numpy_helper``, under gs's name."""
+    if values_up_to is not None:
+        for tensor in model.graph.initializer:
+            if np.prod(tensor.dims, dtype=np.int64) > values_up_to:
+                _keep_only_type_and_dims(tensor)
+    if not placeholders.sources:
+        return
+    for tensor in _tensor_protos(model):
+        index = placeholders.index(tensor)
+        if index is None:
+            continue
+        constant, source = placeholders.sources[index]
+        name = tensor.name
+        tensor.CopyFrom(source if isinstance(source, onnx.TensorProto)
+                        else onnx.numpy_helper.from_array(source, constant.name))
+        tensor.name = name
+        if release and not isinstance(source, onnx.TensorProto):
+            constant._values = LazyValues(tensor)
+            placeholders.sources[index][1] = tensor  # the array is no longer referenced from here either
+
+
+def _keep_only_type_and_dims(tensor: onnx.TensorProto) -> None:
+    """Keep a tensor's name, element type and dims, and drop everything else (its values, or its mark)."""
+    dims, data_type, name = list(tensor.dims), tensor.data_type, tensor.name
+    tensor.Clear()
+    tensor.name, tensor.data_type = name, data_type
+    tensor.dims.extend(dims)
+
+
+def _tensor_protos(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every dense TensorProto in ``model``: initializers and tensor attributes, in subgraphs and functions."""
+    def in_graph(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+        yield from graph.initializer
+        yield from in_nodes(graph.node)
+
+    def in_attributes(attributes) -> Iterator[onnx.TensorProto]:
+        for attribute in attributes:
+            if attribute.type == AttributeProto.TENSOR:
+                yield attribute.t
+            elif attribute.type == AttributeProto.TENSORS:
+                yield from attribute.tensors
+            elif attribute.type == AttributeProto.GRAPH:
+                yield from in_graph(attribute.g)
+            elif attribute.type == AttributeProto.GRAPHS:
+                for graph in attribute.graphs:
+                    yield from in_graph(graph)
+
+    def in_nodes(nodes) -> Iterator[onnx.TensorProto]:
+        for node in nodes:
+            yield from in_attributes(node.attribute)
+
+    yield from in_graph(model.graph)
+    for function in model.functions:
+        yield from in_nodes(function.node)
+        yield from in_attributes(function.attribute_proto)
 
 
 def _every_tensor(graph: gs.Graph) -> Iterator[gs.Tensor]:

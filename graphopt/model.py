@@ -22,10 +22,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import onnx
 import onnx.external_data_helper as external_data_helper
 import onnx_graphsurgeon as gs
+from google.protobuf import unknown_fields
 from google.protobuf.message import DecodeError
 
 from graphopt import fidelity
@@ -36,6 +39,7 @@ ModelSource = str | os.PathLike | bytes | onnx.ModelProto
 TWO_GB = 2**31 - 1
 # Headroom below protobuf's 2 GB message limit: above this the model is saved with external data.
 EXTERNAL_DATA_THRESHOLD = TWO_GB - 64 * 2**20
+_UNCHECKED = object()  # a checker verdict not asked for yet
 
 
 def load(source: ModelSource) -> onnx.ModelProto:
@@ -44,8 +48,10 @@ def load(source: ModelSource) -> onnx.ModelProto:
         _check_loaded(source, "the model")
         return source
     if isinstance(source, (bytes, bytearray)):
-        model = _parse(bytes(source), "the given bytes")
-        _check_loaded(model, "the given bytes")
+        data = bytes(source)  # checked before it is parsed, as in _load_path
+        verdict = _checker_verdict(data) if len(data) <= onnx.checker.MAXIMUM_PROTOBUF else _UNCHECKED
+        model = _parse(data, "the given bytes")
+        _check_loaded(model, "the given bytes", verdict)
         return model
     return _load_path(os.fspath(source))
 
@@ -62,10 +68,18 @@ def _load_path(path: str) -> onnx.ModelProto:
             data = handle.read()
     except OSError as error:
         raise ModelError(f"{path}: cannot read: {error.strerror}") from error
+    # The checker parses a copy of its own: run it on the bytes before they are parsed here, so that two
+    # copies of the model are in memory at a time, not three (its verdict is given after the checks below,
+    # which name a problem more precisely). Models with external data are checked from their path, where
+    # the checker resolves the data's locations.
+    verdict = _checker_verdict(data) if len(data) <= onnx.checker.MAXIMUM_PROTOBUF else _UNCHECKED
     model = _parse(data, path)
+    del data
     base_dir = os.path.dirname(os.path.abspath(path))
     _check_external_locations(model, base_dir, path)
-    _check_loaded(model, path, checker_target=path)
+    if verdict is _UNCHECKED or _external_tensors(model):
+        verdict = _checker_verdict(path)
+    _check_loaded(model, path, verdict)
     try:
         external_data_helper.load_external_data_for_model(model, base_dir)
     except (OSError, ValueError) as error:
@@ -85,14 +99,25 @@ def _parse(data: bytes, name: str) -> onnx.ModelProto:
     return model
 
 
-def _check_loaded(model: onnx.ModelProto, name: str, checker_target: str | None = None) -> None:
+def _checker_verdict(target: str | bytes | onnx.ModelProto) -> Exception | None:
+    """What the ONNX checker says of a path, serialized bytes or ModelProto: its error, or None."""
+    try:
+        onnx.checker.check_model(target)
+    except (onnx.checker.ValidationError, ValueError) as error:
+        return error
+    return None
+
+
+def _check_loaded(model: onnx.ModelProto, name: str, verdict: Exception | None | object = _UNCHECKED) -> None:
+    """ModelError if the IR version is too new or the checker rejects the model (``verdict``: the
+    checker's answer when it has already been asked)."""
     if model.ir_version > onnx.IR_VERSION:
         raise ModelError(f"{name}: IR version {model.ir_version} is newer than this onnx supports "
                          f"({onnx.IR_VERSION}); upgrade onnx")
-    try:
-        onnx.checker.check_model(checker_target or model)
-    except (onnx.checker.ValidationError, ValueError) as error:
-        raise ModelError(f"{name}: not a valid ONNX model: {one_line(error)}") from error
+    if verdict is _UNCHECKED:
+        verdict = _checker_verdict(model)
+    if verdict is not None:
+        raise ModelError(f"{name}: not a valid ONNX model: {one_line(verdict)}") from verdict
 
 
 def _external_tensors(model: onnx.ModelProto):
@@ -124,7 +149,7 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool
     folder = os.path.dirname(path)
     check_writable(path)
     if external_data is None:
-        external_data = model.ByteSize() > EXTERNAL_DATA_THRESHOLD
+        external_data = serialized_size(model) > EXTERNAL_DATA_THRESHOLD
     data_name = os.path.basename(path) + ".data"
     staging = tempfile.mkdtemp(prefix=".graphopt-", dir=folder)
     try:
@@ -147,9 +172,93 @@ def _write(model: onnx.ModelProto, path: str, data_name: str | None) -> None:
                         location=data_name, size_threshold=0)
     else:
         with open(path, "wb") as handle:
-            handle.write(model.SerializeToString())
+            for chunk in _serialized_chunks(model):
+                handle.write(chunk)
             handle.flush()
             os.fsync(handle.fileno())
+
+
+# Serializing a whole model at once costs seconds on a large one and holds two or three transient copies of it
+# (upb grows its buffer by doubling; Python then copies the result into bytes). A ModelProto serializes as its
+# fields in field-number order (unknown fields last), and its graph likewise, so the same bytes can be made a
+# piece at a time: the main graph's initializers one by one, the rest of the model around them.
+_GRAPH_FIELD = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"]
+_INITIALIZER_FIELD = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"]
+
+
+class _Pieces(NamedTuple):
+    before_graph: onnx.ModelProto  # the model's fields numbered below ``graph``
+    graph_head: onnx.GraphProto  # the graph's fields numbered below ``initializer``
+    initializers: Sequence[onnx.TensorProto]
+    graph_tail: onnx.GraphProto
+    after_graph: onnx.ModelProto
+
+
+def _pieces(model: onnx.ModelProto) -> _Pieces | None:
+    """``model`` cut around its main graph's initializers; None when the model or its graph carries fields
+    this onnx does not know (they serialize last, and copies made field by field would lose them)."""
+    if unknown_fields.UnknownFieldSet(model) or unknown_fields.UnknownFieldSet(model.graph):
+        return None
+    pieces = _Pieces(onnx.ModelProto(), onnx.GraphProto(), model.graph.initializer, onnx.GraphProto(),
+                     onnx.ModelProto())
+    for target, source, split in ((pieces.before_graph, model, _GRAPH_FIELD),
+                                  (pieces.graph_head, model.graph, _INITIALIZER_FIELD)):
+        later = {f.name for f in source.DESCRIPTOR.fields if f.number >= split.number}
+        fidelity.copy_fields_except(target, source, skip=later)
+    for target, source, split in ((pieces.after_graph, model, _GRAPH_FIELD),
+                                  (pieces.graph_tail, model.graph, _INITIALIZER_FIELD)):
+        earlier = {f.name for f in source.DESCRIPTOR.fields if f.number <= split.number}
+        fidelity.copy_fields_except(target, source, skip=earlier)
+    return pieces
+
+
+def _serialized_chunks(model: onnx.ModelProto) -> Iterator[bytes]:
+    """``model.SerializeToString()`` in pieces (see above)."""
+    pieces = _pieces(model)
+    if pieces is None:
+        yield model.SerializeToString()
+        return
+    yield pieces.before_graph.SerializeToString()
+    if model.HasField("graph"):
+        sizes = [initializer.ByteSize() for initializer in pieces.initializers]
+        yield _field_header(_GRAPH_FIELD, _graph_size(pieces, sizes))
+        yield pieces.graph_head.SerializeToString()
+        for initializer, size in zip(pieces.initializers, sizes, strict=True):
+            yield _field_header(_INITIALIZER_FIELD, size)
+            yield initializer.SerializeToString()
+        yield pieces.graph_tail.SerializeToString()
+    yield pieces.after_graph.SerializeToString()
+
+
+def serialized_size(model: onnx.ModelProto) -> int:
+    """``model.ByteSize()``, computed a piece at a time (see above: upb computes ByteSize by serializing)."""
+    pieces = _pieces(model)
+    if pieces is None:
+        return model.ByteSize()
+    size = pieces.before_graph.ByteSize() + pieces.after_graph.ByteSize()
+    if model.HasField("graph"):
+        graph_size = _graph_size(pieces, [initializer.ByteSize() for initializer in pieces.initializers])
+        size += len(_field_header(_GRAPH_FIELD, graph_size)) + graph_size
+    return size
+
+
+def _graph_size(pieces: _Pieces, initializer_sizes: list[int]) -> int:
+    size = pieces.graph_head.ByteSize() + pieces.graph_tail.ByteSize()
+    return size + sum(len(_field_header(_INITIALIZER_FIELD, s)) + s for s in initializer_sizes)
+
+
+def _field_header(field, length: int) -> bytes:
+    """The tag and length that precede a length-delimited field in protobuf's wire format."""
+    return _varint(field.number << 3 | 2) + _varint(length)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def check_writable(path: str) -> None:
@@ -200,7 +309,9 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
         raise ModelError(f"cannot import the model's graph: {one_line(error)}") from error
 
 
-def to_model(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
+def to_model(graph: gs.Graph, original: onnx.ModelProto, *, release: bool = False) -> onnx.ModelProto:
     """Export ``graph`` and restore from ``original`` what gs does not carry (see ``graphopt.fidelity``);
-    ``original`` is the model ``graph`` was imported from."""
-    return fidelity.export_model(graph, original)
+    ``original`` is the model ``graph`` was imported from. ``release``: for the graph's last export, let
+    its constants read the exported tensors, so that the numpy arrays passes made can be freed while the
+    model is written."""
+    return fidelity.export_model(graph, original, release=release)

@@ -6,6 +6,7 @@ Returns ``OptimizeResult(model, report)`` (a named tuple: ``model, report = grap
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +33,9 @@ from graphopt.report import ModelStats, Report
 from graphopt.validate.numerics import run_model
 
 DEFAULT_PASSES = "lossless"
+# A full garbage collection takes tens of milliseconds in a process that imported onnx, onnxruntime and numpy:
+# worth it to free the weights of models from this size on, not for small ones.
+_COLLECT_FROM_BYTES = 16 * 2**20
 
 
 class OptimizeResult(NamedTuple):
@@ -75,6 +79,7 @@ def optimize(
     if output is not None:
         _check_output_path(input_path, os.fspath(output), in_place)
     original = model_io.load(model)
+    input_stats = ModelStats.of(original, input_path)
     dataset = load_data(data, original) if data is not None else None
     graph = model_io.to_graph(original)
 
@@ -93,24 +98,42 @@ def optimize(
         ctx.instruments.append(_validate_each(original, dataset, export, rtol, atol))
     try:
         result = run_pass(pipeline, graph, ctx)
-        optimized = export(graph)
+        # What passes cut out of the graph (replaced constants, with any values they decoded) sits in
+        # reference cycles (gs's nodes and tensors point at each other), which only a full collection frees;
+        # on a large model the cycle collector may never run one by itself. Free it before the model is
+        # written; the constants that passes computed are then freed as they are written (``release``).
+        collect = input_stats.bytes >= _COLLECT_FROM_BYTES
+        if collect:
+            gc.collect()
+        optimized = model_io.to_model(graph, original, release=True)
+        # Sizing the result and saving it (the checker and onnxruntime each load a copy) need memory: let go
+        # of the graph and of the input model (its weights) first; a reproducer reads the input file again.
+        del graph
+        ctx.analyses.invalidate()
+        if reproducer_dir is None or input_path is not None:
+            original = None
+        if collect:
+            gc.collect()
+        output_stats = ModelStats.of(optimized, os.fspath(output) if output is not None else None)
         if output is not None:
             model_io.save(optimized, output)
     except (PassError, OutputModelError) as error:
-        replacement = _with_reproducer(error, original, pipeline_text, reproducer_dir)
+        source = original if original is not None else input_path
+        replacement = _with_reproducer(error, source, pipeline_text, reproducer_dir)
         if replacement is error:
             raise
         raise replacement from error.__cause__ or error
     except GraphoptError:
         raise
     except Exception as error:
-        raise _with_reproducer(OutputModelError(f"exporting the optimized graph failed: {error}"), original,
+        source = original if original is not None else input_path
+        raise _with_reproducer(OutputModelError(f"exporting the optimized graph failed: {error}"), source,
                                pipeline_text, reproducer_dir) from error
     report = Report(
         pipeline=pipeline_text,
         seconds=time.perf_counter() - start,
-        input=ModelStats.of(original, input_path),
-        output=ModelStats.of(optimized, os.fspath(output) if output is not None else None),
+        input=input_stats,
+        output=output_stats,
         passes=tuple(ctx.records),
         diagnostics=tuple(str(d) for d in result.diagnostics),
     )
@@ -128,10 +151,14 @@ def _validate_each(original: onnx.ModelProto, dataset, export, rtol: float, atol
     return ValidateEach(export, feeds, run_model(original, feeds), rtol, atol)
 
 
-def _with_reproducer(error: GraphoptError, original: onnx.ModelProto, pipeline_text: str,
+def _with_reproducer(error: GraphoptError, original: onnx.ModelProto | str, pipeline_text: str,
                      directory: str | None) -> GraphoptError:
+    """``error`` naming the reproducer written into ``directory`` (if given). ``original``: the input
+    model, or the path it was loaded from (read again here: it was let go of before saving)."""
     if directory is None:
         return error
+    if not isinstance(original, onnx.ModelProto):
+        original = model_io.load(original)
     path = write_reproducer(directory, original, pipeline_text, error)
     if isinstance(error, PassError):
         return PassError(error.detail, pass_path=error.pass_path, history=error.history,

@@ -5,7 +5,8 @@ A pass is a class with declared metadata and one method, ``run(graph, ctx) -> Pa
 onnx-graphsurgeon graph in place, keeps no state between runs, never prints, and reports what it did in
 ``stats`` (``rewrites.<rule>``, ``removed.<what>``, ``skipped.<reason>``) and ``diagnostics``.
 ``changed`` must be true exactly when the graph changed; the pass manager can check that against a
-structural fingerprint.
+structural fingerprint. A pass never edits a constant's values in place (gs may share one numpy array
+between constants, and digests of values are cached per values object): it gives the constant new values.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from typing import Any
 
 import onnx_graphsurgeon as gs
 
-from graphopt.analysis import infer_shapes, structural_fingerprint
+from graphopt.analysis import exact_digests, infer_shapes, structural_fingerprint
 from graphopt.errors import GraphoptError, PassError, UsageError
 from graphopt.instruments import PassRecord, verify_structure
 from graphopt.pass_base import Diagnostic, Invariant, Option, Pass, PassContext, PassResult
@@ -48,7 +48,13 @@ _ESTABLISHERS = {
 
 
 def run_pass(pass_: Pass, graph: gs.Graph, ctx: PassContext) -> PassResult:
-    """Run one pass (leaf or composite) on ``graph`` in place, with hooks, checks and bookkeeping."""
+    """Run one pass (leaf or composite) on ``graph`` in place, with hooks, checks and bookkeeping. With
+    ``ctx.check_changed``, constant values are hashed afresh every time (``exact_digests``)."""
+    with exact_digests(ctx.check_changed):
+        return _run_pass(pass_, graph, ctx)
+
+
+def _run_pass(pass_: Pass, graph: gs.Graph, ctx: PassContext) -> PassResult:
     if pass_.children():
         return pass_.run(graph, ctx)
     path = "/".join([*ctx.scope, pass_.name])

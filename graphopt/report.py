@@ -27,6 +27,7 @@ from typing import Any
 import onnx
 
 from graphopt.instruments import PassRecord
+from graphopt.model import serialized_size
 
 SCHEMA = "graphopt.report/1"
 
@@ -41,7 +42,7 @@ class ModelStats:
     @staticmethod
     def of(model: onnx.ModelProto, path: str | None = None) -> ModelStats:
         ops = Counter(node.op_type for node in model.graph.node)
-        return ModelStats(path, len(model.graph.node), model.ByteSize(), dict(sorted(ops.items())))
+        return ModelStats(path, len(model.graph.node), serialized_size(model), dict(sorted(ops.items())))
 
 
 @dataclasses.dataclass(frozen=True)

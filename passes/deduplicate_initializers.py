@@ -28,7 +28,6 @@ eliminate-common-subexpressions.
 from __future__ import annotations
 
 import collections
-import hashlib
 from collections.abc import Iterator
 
 import numpy as np
@@ -36,6 +35,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
+from graphopt.analysis import constant_digest
 from graphopt.pass_base import Invariant, Pass, PassContext, PassResult
 
 
@@ -91,21 +91,24 @@ def _header(tensor: gs.Constant) -> tuple:
     return written, decoded, tuple(int(d) for d in tensor.shape)
 
 
-def _digest(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
+def _digest(tensor: gs.Constant) -> bytes:
+    """SHA-256 of the constant's dtype, shape and values, computed once per values object
+    (``graphopt.analysis.constant_digest``: the structural fingerprint and later runs of this pass hash the
+    same weights again)."""
+    return constant_digest(tensor)
 
 
 class ConstantKey:
     """A dense constant's exact identity, for use as (part of) a dict key: equal keys mean identical
-    element type, shape and bytes. Hashing uses a SHA-256 of the bytes; equality compares the bytes in full
-    (read again, so that no copy of the values is held)."""
+    element type, shape and bytes. Hashing uses a SHA-256 of the values (``_digest``); equality compares the
+    bytes in full (read again, so that no copy of the values is held)."""
 
     __slots__ = ("tensor", "header", "digest")
 
     def __init__(self, tensor: gs.Constant):
         self.tensor = tensor
         self.header = _header(tensor)
-        self.digest = _digest(constant_bytes(tensor))
+        self.digest = _digest(tensor)
 
     def __hash__(self) -> int:
         return hash((self.header, self.digest))

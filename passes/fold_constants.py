@@ -9,7 +9,8 @@ constants; a body's own inputs and loop-carried state are never constant):
   renamed to the If's outputs, and the other branch is dropped (``rewrites.if_inlined``).
 - every standard-domain node whose inputs are all constant is evaluated by onnxruntime (CPU, graph
   optimizations off, one thread: bitwise what ORT computes for that node when the model runs), all of a
-  graph's foldable nodes in one session (node by node only if that session fails) (``folded.nodes``).
+  graph's foldable nodes in one session, or, when their constant inputs pass 32 MiB, in several sessions of
+  whole independent groups of nodes (node by node only if a session fails) (``folded.nodes``).
 - with ``fold_shapes``: ``Shape`` (its ``start``/``end`` applied) and ``Size`` of a tensor whose inferred
   shape is fully static, and ``Gather``/``Slice`` (axis 0, constant indices, positive steps) of a ``Shape``
   output that pick only static dims, e.g. the channel count of an ``[N, 3, H, W]`` tensor. These values come
@@ -496,13 +497,16 @@ def _slice_dims(node: gs.Node, dims: list, ints: list) -> list | None:
 
 def _evaluate(nodes: list[gs.Node], known: dict[str, np.ndarray], opset: int) -> tuple[dict[str, Any], dict[int, str]]:
     """``known`` and every output of ``nodes`` (topologically sorted, all inputs constant, known or produced
-    among them) computed by onnxruntime in one session; if that fails, node by node. Returns values by name
-    and, for each node that onnxruntime cannot evaluate, the first line of its error."""
+    among them) computed by onnxruntime in one session per batch (``_batches``); if any fails, node by node.
+    Returns values by name and, for each node that onnxruntime cannot evaluate, the first line of its error."""
     values: dict[str, Any] = dict(known)
     if not nodes:
         return values, {}
     try:
-        return {**values, **_run(nodes, values, opset)}, {}
+        computed: dict[str, Any] = {}
+        for batch in _batches(nodes, values):
+            computed.update(_run(batch, values, opset))
+        return {**values, **computed}, {}
     except Exception as error:  # onnxruntime raises its own types; fall back to find the nodes that fail
         logger.info("batch evaluation failed, evaluating node by node: %s", error)
     failures: dict[int, str] = {}
@@ -516,30 +520,89 @@ def _evaluate(nodes: list[gs.Node], known: dict[str, np.ndarray], opset: int) ->
     return values, failures
 
 
-def _tensor_proto(tensor: gs.Constant) -> onnx.TensorProto:
-    """The constant as a TensorProto: the one gs imported while its values are unread, else encoded by onnx
-    (gs's own encoder cannot write strings nor the ml_dtypes types)."""
+# Constant input bytes per onnxruntime session: a session holds its inputs three to four times over (the model
+# proto, its serialization, onnxruntime's parse and tensors), so folding the weights of a large model (BERT's
+# transposed weight matrices) in one session would cost several copies of them at once.
+_BATCH_BYTES = 32 * 2**20
+
+
+def _batches(nodes: list[gs.Node], values: dict[str, Any]) -> list[list[gs.Node]]:
+    """``nodes`` in batches of whole connected groups (no tensor passes from one batch to another, so every
+    node gets exactly the inputs it gets in a single session: constants, or values computed in its own
+    session), each group added to the current batch while that stays within ``_BATCH_BYTES`` of constant
+    inputs. Topological order is kept within a batch."""
+    parent = list(range(len(nodes)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    producer = {id(t): i for i, node in enumerate(nodes) for t in node.outputs}
+    for i, node in enumerate(nodes):
+        for tensor in node.inputs:
+            j = producer.get(id(tensor))
+            if j is not None:
+                parent[root(i)] = root(j)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(nodes)):
+        groups.setdefault(root(i), []).append(i)
+    batches: list[list[int]] = []
+    size = 0
+    for members in groups.values():  # ordered by each group's first node
+        inputs = {id(t): t for i in members for t in nodes[i].inputs if id(t) not in producer}
+        group_size = sum(_input_bytes(t, values) for t in inputs.values())
+        if not batches or (size + group_size > _BATCH_BYTES and size > 0):
+            batches.append([])
+            size = 0
+        batches[-1].extend(members)
+        size += group_size
+    return [[nodes[i] for i in sorted(batch)] for batch in batches]
+
+
+def _input_bytes(tensor: gs.Tensor, values: dict[str, Any]) -> int:
+    if isinstance(tensor, gs.Constant):
+        return int(getattr(tensor._values, "nbytes", 0) or 0)
+    value = values.get(tensor.name)
+    return int(value.nbytes) if isinstance(value, np.ndarray) else 0
+
+
+def _add_initializer(graph: onnx.GraphProto, tensor: gs.Constant) -> None:
+    """Append the constant to ``graph``'s initializers: the TensorProto gs imported while its values are
+    unread (copied straight into place: a weight is copied once), else encoded by onnx (gs's own encoder
+    cannot write strings nor the ml_dtypes types)."""
+    slot = graph.initializer.add()
     if isinstance(tensor._values, LazyValues):
-        proto = onnx.TensorProto()
-        proto.CopyFrom(tensor._values.tensor)
-        proto.name = tensor.name
-        return proto
-    if getattr(tensor, "_export_dtype", None) is not None:  # values gs converts on export (float32 -> bfloat16)
-        return OnnxExporter.export_tensor_proto(tensor)
-    return onnx.numpy_helper.from_array(np.asarray(tensor._values), tensor.name)
+        slot.CopyFrom(tensor._values.tensor)
+        slot.name = tensor.name
+    elif getattr(tensor, "_export_dtype", None) is not None:  # values gs converts on export (float32 -> bfloat16)
+        slot.CopyFrom(OnnxExporter.export_tensor_proto(tensor))
+    else:
+        slot.CopyFrom(onnx.numpy_helper.from_array(np.asarray(tensor._values), tensor.name))
 
 
 def _run(nodes: list[gs.Node], values: dict[str, Any], opset: int) -> dict[str, Any]:
-    initializers = {}
+    """Evaluate ``nodes`` in one onnxruntime session. The model is built in place (``make_graph`` and
+    ``make_model`` would each copy every input weight once more), and dropped once the session holds it.
+    The values are exactly what onnxruntime computes (copies of its arrays)."""
+    inputs: dict[str, gs.Tensor] = {}
     for node in nodes:
         for tensor in node.inputs:
-            if isinstance(tensor, gs.Constant):
-                initializers[tensor.name] = _tensor_proto(tensor)
-            elif tensor.name in values:
-                initializers[tensor.name] = onnx.numpy_helper.from_array(values[tensor.name], tensor.name)
+            if isinstance(tensor, gs.Constant) or tensor.name in values:
+                inputs[tensor.name] = tensor
     outputs = [t.name for n in nodes for t in n.outputs if t.name]
     graph = onnx.helper.make_graph([OnnxExporter.export_node(n) for n in nodes], "fold_constants", [],
-                                   [onnx.helper.make_empty_tensor_value_info(name) for name in outputs],
-                                   list(initializers.values()))
+                                   [onnx.helper.make_empty_tensor_value_info(name) for name in outputs])
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
-    return dict(zip(outputs, cpu_session(model).run(outputs, {}), strict=True))
+    for name, tensor in inputs.items():
+        if isinstance(tensor, gs.Constant):
+            _add_initializer(model.graph, tensor)
+        else:
+            model.graph.initializer.add().CopyFrom(onnx.numpy_helper.from_array(values[name], name))
+    session = cpu_session(model)
+    del model
+    # Arrays are copied out of onnxruntime's memory: they are views of the session's arena, and a view keeps
+    # the arena's whole region (sized for the session's work, not for the output) alive with it.
+    results = [np.array(value) if isinstance(value, np.ndarray) else value for value in session.run(outputs, {})]
+    return dict(zip(outputs, results, strict=True))
