@@ -67,6 +67,20 @@ def assert_same_outputs(original: onnx.ModelProto, optimized: onnx.ModelProto,
             np.testing.assert_allclose(actual[name], value, rtol=rtol, atol=atol, err_msg=name)
 
 
+def assert_identical_outputs(original: onnx.ModelProto, optimized: onnx.ModelProto,
+                             feeds: Iterable[Mapping[str, np.ndarray]]) -> None:
+    """Same output names, dtypes, shapes and bytes on ORT (so -0.0 vs +0.0 and NaN payloads count); string
+    outputs are compared as values."""
+    for feed in feeds:
+        expected, actual = run_model(original, feed), run_model(optimized, feed)
+        assert list(actual) == list(expected)
+        for name, value in expected.items():
+            assert actual[name].dtype == value.dtype and actual[name].shape == value.shape, name
+            np.testing.assert_array_equal(actual[name], value, err_msg=name)
+            if value.dtype != object:
+                assert actual[name].tobytes() == value.tobytes(), name
+
+
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     """Top-level node count per op type."""
     return dict(Counter(node.op_type for node in model.graph.node))

@@ -9,11 +9,10 @@ import onnx.helper as oh
 import onnx.numpy_helper
 import onnx.printer
 import pytest
-from conftest import parse_model, random_feeds, total_stats
+from conftest import assert_identical_outputs, parse_model, random_feeds, total_stats
 
 import graphopt
 import passes.deduplicate_initializers as dedup_module
-from graphopt.validate.numerics import run_model
 from passes.deduplicate_initializers import DeduplicateInitializers
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
@@ -27,19 +26,6 @@ def run(model: onnx.ModelProto):
     optimized, report = graphopt.optimize(model, passes=[DeduplicateInitializers()], check_changed=True)
     onnx.checker.check_model(optimized, full_check=True)
     return optimized, total_stats(report), report
-
-
-def assert_identical_outputs(original, optimized, feeds):
-    """Same output names, dtypes, shapes and bytes on ORT."""
-    for feed in feeds:
-        expected, actual = run_model(original, feed), run_model(optimized, feed)
-        assert list(actual) == list(expected)
-        for name, value in expected.items():
-            assert actual[name].dtype == value.dtype and actual[name].shape == value.shape, name
-            if value.dtype == object:
-                np.testing.assert_array_equal(actual[name], value, err_msg=name)
-            else:
-                assert actual[name].tobytes() == value.tobytes(), name
 
 
 def initializer_names(g: onnx.GraphProto) -> list[str]:

@@ -9,12 +9,11 @@ import onnx
 import onnx.helper as oh
 import onnx.printer
 import pytest
-from conftest import op_counts, parse_model, random_feeds, total_stats
+from conftest import assert_identical_outputs, op_counts, parse_model, random_feeds, total_stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import graphopt
-from graphopt.validate.numerics import run_model
 from passes.eliminate_common_subexpressions import EliminateCommonSubexpressions
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17, "com.microsoft" : 1]>'
@@ -29,17 +28,6 @@ def run(model: onnx.ModelProto):
     optimized, report = graphopt.optimize(model, passes=[EliminateCommonSubexpressions()], check_changed=True)
     onnx.checker.check_model(optimized, full_check=True)
     return optimized, total_stats(report), report
-
-
-def assert_identical_outputs(original, optimized, feeds):
-    """Same output names, dtypes, shapes and bytes (so -0.0 vs +0.0 and NaN payloads count) on ORT."""
-    for feed in feeds:
-        expected, actual = run_model(original, feed), run_model(optimized, feed)
-        assert list(actual) == list(expected)
-        for name, value in expected.items():
-            assert actual[name].dtype == value.dtype and actual[name].shape == value.shape, name
-            np.testing.assert_array_equal(actual[name], value, err_msg=name)
-            assert actual[name].tobytes() == value.tobytes(), name
 
 
 def output_names(model):
