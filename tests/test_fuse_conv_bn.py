@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+
+import conftest
 import numpy as np
 import onnx
 import onnx.helper as oh
@@ -51,15 +54,8 @@ def conv_bn(bias=True, group=1, extra_outputs=(), weight_shared=False, bn_attrs=
                   bn_outputs=bn_outputs)
 
 
-def assert_same_outputs(original, optimized, feeds):
-    """Folding reassociates float arithmetic: equal within float32 rounding of values of magnitude ~10."""
-    from graphopt.validate.numerics import run_model
-
-    for feed in feeds:
-        expected, actual = run_model(original, feed), run_model(optimized, feed)
-        assert sorted(actual) == sorted(expected)
-        for name in expected:
-            np.testing.assert_allclose(actual[name], expected[name], rtol=1e-5, atol=1e-5, err_msg=name)
+# Folding reassociates float arithmetic: equal within float32 rounding of values of magnitude ~10.
+assert_same_outputs = functools.partial(conftest.assert_same_outputs, rtol=1e-5, atol=1e-5)
 
 
 def run(model):
