@@ -9,10 +9,10 @@ Statistics are over the per-round samples; the ratio of two candidates is the me
 per-round ratio (a paired comparison: both ran within the same round, so slow phases of the machine
 affect both), and the ratio of the medians is kept as well.
 
-Nothing here knows onnxruntime: a candidate is any zero-argument callable. Used by ``bench_lossless.py``
-and meant for the later benchmarks too::
+Nothing here knows onnxruntime: a candidate is any zero-argument callable. Used by ``graphopt validate`` and
+``gate`` and by the benchmarks::
 
-    from timing import measure_interleaved
+    from graphopt.validate.latency import measure_interleaved
     run = measure_interleaved({"original": lambda: a.run(None, feeds), "optimized": lambda: b.run(None, feeds)},
                               rounds=20, warmup_rounds=2, budget_seconds=60)
     run.timings["optimized"].median, run.paired_ratio("original", "optimized")
