@@ -19,7 +19,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from graphopt.errors import EXIT_INTERNAL, EXIT_USAGE, GraphoptError, one_line
+from graphopt.errors import EXIT_INTERNAL, EXIT_USAGE, GraphoptError, UsageError, one_line
 
 app = typer.Typer(
     name="graphopt",
@@ -119,6 +119,130 @@ def inspect_model(
                  + (f" (+{summary.macs_unknown} nodes with unknown shapes)" if summary.macs_unknown else "")
                  + "  (symbolic dimensions counted as 1)")
     stdout.print("ops: " + ", ".join(f"{op} {count}" for op, count in summary.ops.items()), markup=False)
+
+
+# Options shared by ``validate`` and ``gate`` (and their keyword names in ``graphopt.validate.validate``).
+Data = Annotated[str | None, typer.Option(help=".npz file or folder of evaluation data (default: random inputs "
+                                               "from the declared shapes)")]
+Labels = Annotated[str | None, typer.Option(help="name of the label array in the data (enables accuracy)")]
+Providers = Annotated[str | None, typer.Option(help="comma-separated: cpu, cuda, tensorrt [default: cpu]")]
+RequireProvider = Annotated[bool, typer.Option("--require-provider", help="fail (exit 1) when a provider is "
+                                               "not available here instead of skipping it")]
+Rtol = Annotated[float, typer.Option(help="relative tolerance for output agreement")]
+Atol = Annotated[float, typer.Option(help="absolute tolerance for output agreement")]
+Threads = Annotated[int, typer.Option(help="onnxruntime intra-op threads (0: its default)")]
+Shape = Annotated[list[str] | None, typer.Option("--shape", help="shape of an input for generated data, "
+                                                 "e.g. input=1x3x224x224 (repeatable)")]
+Rounds = Annotated[int, typer.Option(help="interleaved latency rounds")]
+BatchSize = Annotated[int, typer.Option(help="samples per call when timing")]
+PerLayer = Annotated[bool, typer.Option("--per-layer", help="compare intermediate tensors; name the first "
+                                        "node whose output diverges")]
+NoLatency = Annotated[bool, typer.Option("--no-latency", help="skip latency and session-creation timing")]
+ReportJson = Annotated[str | None, typer.Option("--report", help="write the report as JSON to this file")]
+ReportMd = Annotated[str | None, typer.Option("--report-md", help="write the report as Markdown")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="print no table")]
+
+
+@app.command("validate")
+def validate_command(
+    reference: Annotated[str, typer.Argument(help="reference ONNX model")],
+    candidate: Annotated[str, typer.Argument(help="candidate ONNX model (e.g. the optimized one)")],
+    data: Data = None, labels: Labels = None, providers: Providers = None,
+    require_provider: RequireProvider = False, rtol: Rtol = 1e-4, atol: Atol = 1e-5, threads: Threads = 1,
+    shape: Shape = None, rounds: Rounds = 20, batch_size: BatchSize = 1, per_layer: PerLayer = False,
+    no_latency: NoLatency = False, report: ReportJson = None, report_md: ReportMd = None, quiet: Quiet = False,
+) -> None:
+    """Compare CANDIDATE with REFERENCE per provider: outputs, accuracy, latency, placement. Exit 1 when
+    outputs differ beyond --rtol/--atol."""
+    from graphopt.errors import ValidationFailure
+
+    validation = _validate(reference, candidate, data, labels, providers, require_provider, rtol, atol, threads,
+                           shape, rounds, batch_size, per_layer, not no_latency)
+    _write_reports(validation, (), None, report, report_md, quiet)
+    differing = [f"{p.provider}: '{o.name}'" for p in validation.ran() for o in p.outputs if not o.within_tolerance]
+    if differing:
+        raise ValidationFailure(f"outputs differ beyond rtol={rtol}, atol={atol}: " + ", ".join(differing))
+
+
+@app.command("gate")
+def gate_command(
+    reference: Annotated[str, typer.Argument(help="reference ONNX model")],
+    candidate: Annotated[str, typer.Argument(help="candidate ONNX model")],
+    config: Annotated[str | None, typer.Option(help="TOML file with a [gate] table of thresholds")] = None,
+    max_accuracy_drop: Annotated[float | None, typer.Option(help="percentage points (needs --labels)")] = None,
+    min_cosine: Annotated[float | None, typer.Option(help="lowest cosine similarity of any output")] = None,
+    max_abs_error: Annotated[float | None, typer.Option(help="largest absolute error of any output")] = None,
+    min_speedup: Annotated[float | None, typer.Option(help="reference / candidate latency, at least")] = None,
+    max_size_ratio: Annotated[float | None, typer.Option(help="candidate / reference file size, at most")] = None,
+    data: Data = None, labels: Labels = None, providers: Providers = None,
+    require_provider: RequireProvider = False, rtol: Rtol = 1e-4, atol: Atol = 1e-5, threads: Threads = 1,
+    shape: Shape = None, rounds: Rounds = 20, batch_size: BatchSize = 1, per_layer: PerLayer = False,
+    report: ReportJson = None, report_md: ReportMd = None, quiet: Quiet = False,
+) -> None:
+    """Check CANDIDATE against REFERENCE with thresholds: PASS/FAIL per threshold and provider, exit 1 on
+    any FAIL. Thresholds come from the options and/or --config (options win)."""
+    from graphopt.errors import ValidationFailure
+    from graphopt.validate.gate import Thresholds, evaluate, load_config
+
+    thresholds, settings = load_config(config) if config else (Thresholds(), {})
+    thresholds = thresholds.merged({"max_accuracy_drop": max_accuracy_drop, "min_cosine": min_cosine,
+                                    "max_abs_error": max_abs_error, "min_speedup": min_speedup,
+                                    "max_size_ratio": max_size_ratio})
+    thresholds.require_any()
+    labels = labels or settings.get("labels")
+    if thresholds.max_accuracy_drop is not None and not labels:
+        raise UsageError("--max-accuracy-drop needs --labels (and --data holding that label array)")
+    validation = _validate(reference, candidate, data, labels, providers or settings.get("providers"),
+                           require_provider or bool(settings.get("require_provider")), rtol, atol, threads,
+                           shape, rounds, batch_size, per_layer, thresholds.min_speedup is not None)
+    verdicts = evaluate(validation, thresholds)
+    _write_reports(validation, verdicts, None, report, report_md, quiet)
+    failed = [v for v in verdicts if not v.passed]
+    if failed:
+        raise ValidationFailure("gate FAILED: " + "; ".join(
+            f"{v.check}{f'[{v.provider}]' if v.provider else ''} {_format(v.value)} vs limit {_format(v.limit)}"
+            for v in failed))
+
+
+def _validate(reference, candidate, data, labels, providers, require_provider, rtol, atol, threads, shape,
+              rounds, batch_size, per_layer, latency):
+    from graphopt.validate.providers import SessionSettings
+    from graphopt.validate.validation import validate
+
+    with stderr.status("validating", spinner="dots"):
+        return validate(reference, candidate, data, labels=labels, providers=providers or "cpu",
+                        require_providers=require_provider, rtol=rtol, atol=atol,
+                        settings=SessionSettings(threads=threads), shapes=_parse_shapes(shape or ()),
+                        rounds=rounds, batch_size=batch_size, latency=latency, per_layer=per_layer)
+
+
+def _parse_shapes(texts: list[str]) -> dict[str, list[int]]:
+    """``["input=1x3x224x224"]`` -> ``{"input": [1, 3, 224, 224]}``; a malformed one is a UsageError."""
+    shapes = {}
+    for text in texts:
+        name, _, dims = text.rpartition("=")
+        try:
+            shapes[name] = [int(d) for d in dims.lower().split("x")]
+        except ValueError:
+            name = ""
+        if not name:
+            raise UsageError(f"--shape {text}: expected NAME=D1xD2x..., e.g. input=1x3x224x224")
+    return shapes
+
+
+def _write_reports(validation, verdicts, optimization, report, report_md, quiet) -> None:
+    from graphopt.validate import report as validation_report
+
+    if report:
+        _write_text(report, validation_report.to_json(validation, verdicts, optimization) + "\n")
+    if report_md:
+        _write_text(report_md, validation_report.to_markdown(validation, verdicts))
+    if not quiet:
+        validation_report.render(validation, stdout, verdicts)
+
+
+def _format(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
 
 
 def _write_text(path: str, text: str) -> None:

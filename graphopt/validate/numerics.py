@@ -57,10 +57,11 @@ class OutputComparison:
 def compare_outputs(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
                     rtol: float, atol: float) -> list[OutputComparison]:
     """One comparison per reference output; a missing or reshaped candidate output is a failure."""
-    return [_compare(name, np.asarray(ref), candidate.get(name), rtol, atol) for name, ref in reference.items()]
+    return [compare_tensor(name, np.asarray(ref), candidate.get(name), rtol, atol) for name, ref in reference.items()]
 
 
-def _compare(name: str, ref: np.ndarray, cand: np.ndarray | None, rtol: float, atol: float) -> OutputComparison:
+def compare_tensor(name: str, ref: np.ndarray, cand: np.ndarray | None, rtol: float, atol: float) -> OutputComparison:
+    """One tensor against its reference: shapes and dtypes must match; values by the allclose rule."""
     if cand is None:
         return OutputComparison(name, False, np.inf, np.inf, 0.0, None, f"output '{name}' is missing")
     cand = np.asarray(cand)
