@@ -47,6 +47,9 @@ def optimize(
     dump_dir: Annotated[str | None, typer.Option(help="write the model after each pass that changed it")] = None,
     validate_each: Annotated[bool, typer.Option("--validate-each", help="compare outputs with the original "
                                                 "after every pass; name the first that changes them")] = False,
+    validate: Annotated[bool, typer.Option("--validate", help="before writing, compare the result with the "
+                                           "input (outputs, accuracy if --data has 'label', latency); exit 1 "
+                                           "and write nothing if outputs differ")] = False,
     check_changed: Annotated[bool, typer.Option("--check-changed", help="verify each pass's changed bit")] = False,
     reproducer_dir: Annotated[str | None, typer.Option(help="where to write a reproducer on failure "
                                                           "(default: a new folder in the temp dir)")] = None,
@@ -62,8 +65,9 @@ def optimize(
             status.update(f"{record.path}: {record.nodes_before} -> {record.nodes_after} nodes")
 
         _, result = run_optimize(model, output, passes=passes, data=data, in_place=in_place, skip=skip or (),
-                                 dump_dir=dump_dir, validate_each=validate_each, check_changed=check_changed,
-                                 reproducer_dir=reproducer_dir, progress=progress if not quiet else None)
+                                 dump_dir=dump_dir, validate_each=validate_each, validate=validate,
+                                 check_changed=check_changed, reproducer_dir=reproducer_dir,
+                                 progress=progress if not quiet else None)
     if report:
         _write_text(report, result.to_json() + "\n")
     if report_md:

@@ -16,8 +16,8 @@ import onnx
 
 from graphopt import model as model_io
 from graphopt.analysis import AnalysisCache
-from graphopt.data import DataSource, load_data, synthetic_dataset
-from graphopt.errors import GraphoptError, OutputModelError, PassError, UsageError
+from graphopt.data import Dataset, DataSource, load_data, synthetic_dataset
+from graphopt.errors import GraphoptError, OutputModelError, PassError, UsageError, ValidationFailure
 from graphopt.instruments import (
     DumpAfterPass,
     Instrument,
@@ -53,6 +53,7 @@ def optimize(
     skip: Sequence[str] = (),
     dump_dir: str | None = None,
     validate_each: bool = False,
+    validate: bool = False,
     rtol: float = 1e-4,
     atol: float = 1e-5,
     check_changed: bool = False,
@@ -66,9 +67,12 @@ def optimize(
     data (see ``graphopt.data``). ``skip``: pass names to switch off. ``dump_dir``: write the model after
     each pass that changed it. ``validate_each``: compare outputs with the original after every such pass
     (on ``data``, or synthetic inputs) and raise ``ValidationFailure`` naming the first pass whose outputs
-    leave ``rtol``/``atol``. ``check_changed``: verify each pass's ``changed`` bit. ``reproducer_dir``: where
-    to write the input model and pipeline text when a pass fails. ``in_place``: allow ``output`` to be the
-    input file. Raises ``GraphoptError`` subclasses, each with the CLI's exit code.
+    leave ``rtol``/``atol``. ``validate``: before writing, run ``graphopt.validate.validation.validate`` of
+    the result against the input on the CPU (outputs on ``data`` or synthetic inputs, accuracy if the data
+    holds a ``label`` array, latency) and put it in the report; outputs beyond ``rtol``/``atol`` raise
+    ``ValidationFailure`` and nothing is written. ``check_changed``: verify each pass's ``changed`` bit.
+    ``reproducer_dir``: where to write the input model and pipeline text when a pass fails. ``in_place``:
+    allow ``output`` to be the input file. Raises ``GraphoptError`` subclasses, each with the CLI's exit code.
     """
     start = time.perf_counter()
     pipeline = as_pipeline(passes)
@@ -110,11 +114,13 @@ def optimize(
         # of the graph and of the input model (its weights) first; a reproducer reads the input file again.
         del graph
         ctx.analyses.invalidate()
-        if reproducer_dir is None or input_path is not None:
+        if (reproducer_dir is None and not validate) or input_path is not None:
             original = None
         if collect:
             gc.collect()
         output_stats = ModelStats.of(optimized, os.fspath(output) if output is not None else None)
+        validation = (_validation(input_path or original, optimized, data, dataset, rtol, atol)
+                      if validate else None)
         if output is not None:
             model_io.save(optimized, output)
     except (PassError, OutputModelError) as error:
@@ -136,6 +142,7 @@ def optimize(
         output=output_stats,
         passes=tuple(ctx.records),
         diagnostics=tuple(str(d) for d in result.diagnostics),
+        validation=validation,
     )
     return OptimizeResult(optimized, report)
 
@@ -149,6 +156,21 @@ def _check_output_path(input_path: str | None, output: str, in_place: bool) -> N
 def _validate_each(original: onnx.ModelProto, dataset, export, rtol: float, atol: float) -> ValidateEach:
     feeds = (dataset or synthetic_dataset(original, samples=2)).head(8)
     return ValidateEach(export, feeds, run_model(original, feeds), rtol, atol)
+
+
+def _validation(original: model_io.ModelSource, optimized: onnx.ModelProto, data: DataSource | None,
+                dataset: Dataset | None, rtol: float, atol: float):
+    """Validate the optimized model against the input on ``data`` (loaded: ``dataset``), with accuracy when
+    it holds a ``label`` array; outputs beyond tolerance: ValidationFailure."""
+    from graphopt.validate.validation import validate
+
+    labels = "label" if dataset is not None and "label" in dataset.extras else None
+    validation = validate(original, optimized, data, labels=labels, rtol=rtol, atol=atol)
+    differing = [f"'{o.name}' ({o})" for p in validation.ran() for o in p.outputs if not o.within_tolerance]
+    if differing:
+        raise ValidationFailure(f"the optimized model's outputs differ beyond rtol={rtol}, atol={atol}: "
+                                + "; ".join(differing) + "; nothing was written")
+    return validation
 
 
 def _with_reproducer(error: GraphoptError, original: onnx.ModelProto | str, pipeline_text: str,

@@ -11,7 +11,8 @@ JSON schema ``graphopt.report/1`` (``Report.to_dict``)::
       "output": {"path": str|null, "nodes": int, "bytes": int, "ops": {op_type: count}},
       "passes": [{"path": str, "name": str, "seconds": float, "nodes_before": int, "nodes_after": int,
                   "changed": bool, "skipped": bool, "stats": {str: int}, "diagnostics": [str]}],
-      "diagnostics": [str]                   # from the pipeline and the model I/O layer
+      "diagnostics": [str],                  # from the pipeline and the model I/O layer
+      "validation": graphopt.validation/1 | null   # with --validate (see graphopt/validate/report.py)
     }
 
 ``nodes`` and ``ops`` count top-level nodes; ``bytes`` is the serialized size (weights included).
@@ -64,6 +65,7 @@ class Report:
     output: ModelStats
     passes: tuple[PassRecord, ...]
     diagnostics: tuple[str, ...] = ()
+    validation: Any = None  # a graphopt.validate.validation.Validation, with --validate
 
     def summary(self) -> list[PassSummary]:
         """One row per pass name, in the order each first ran."""
@@ -90,6 +92,7 @@ class Report:
             "output": dataclasses.asdict(self.output),
             "passes": [_record_dict(record) for record in self.passes],
             "diagnostics": list(self.diagnostics),
+            "validation": _validation_dict(self.validation),
         }
 
     def to_json(self) -> str:
@@ -106,7 +109,12 @@ class Report:
         for row in self.summary():
             lines.append(f"| {row.name} | {row.runs} | {row.seconds:.3f} | {row.node_delta:+d} | {_stats(row.stats)} |")
         lines += [f"- {d}" for d in self.diagnostics]
-        return "\n".join(lines) + "\n"
+        text = "\n".join(lines) + "\n"
+        if self.validation is not None:
+            from graphopt.validate.report import to_markdown
+
+            text += "\n" + to_markdown(self.validation)
+        return text
 
     def render(self, console: Any) -> None:
         """Print the summary table on a ``rich.console.Console``."""
@@ -123,6 +131,18 @@ class Report:
                       f"{_size(self.output.bytes)}, {self.seconds:.2f} s")
         for diagnostic in self.diagnostics:
             console.print(f"  {diagnostic}", markup=False)
+        if self.validation is not None:
+            from graphopt.validate.report import render
+
+            render(self.validation, console)
+
+
+def _validation_dict(validation: Any) -> dict[str, Any] | None:
+    if validation is None:
+        return None
+    from graphopt.validate.report import to_dict
+
+    return to_dict(validation)
 
 
 def _record_dict(record: PassRecord) -> dict[str, Any]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 from importlib import metadata
 
+import jsonschema
 import numpy as np
 import onnx
 import pytest
@@ -16,6 +18,7 @@ from graphopt.data import load_data
 from graphopt.errors import ValidationFailure
 from graphopt.pass_base import Pass, PassResult
 from graphopt.registry import Registry, default_registry, registry_from
+from graphopt.validate import report as validation_report
 
 try:
     import tomllib
@@ -63,6 +66,26 @@ def test_validate_each_passes_for_lossless_passes():
     optimized, report = graphopt.optimize(model, passes="cleanup", validate_each=True, check_changed=True)
     assert [n.op_type for n in optimized.graph.node] == ["Relu", "Sigmoid"]
     assert report.output.nodes == 2
+
+
+def test_validate_before_writing_refuses_changed_outputs_and_writes_nothing(tmp_path):
+    source, output = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(parse_model(CHAIN), source)
+    with pytest.raises(ValidationFailure, match="outputs differ beyond.*'y'.*nothing was written"):
+        graphopt.optimize(str(source), str(output), passes=[NegateRelu()], validate=True)
+    assert not output.exists()
+
+
+def test_validate_puts_outputs_accuracy_and_latency_in_the_report(tmp_path):
+    digits = os.path.join(MODELS, "digits_cnn.onnx")
+    _, report = graphopt.optimize(digits, str(tmp_path / "out.onnx"), data=os.path.join(MODELS, "digits_test.npz"),
+                                  validate=True)
+    (cpu,) = report.validation.providers
+    assert cpu.outputs_agree and cpu.accuracy.drop_points == 0 and cpu.latency.speedup > 0
+    schema = os.path.join(os.path.dirname(validation_report.__file__), "validation.schema.json")
+    jsonschema.validate(report.to_dict()["validation"], json.load(open(schema)))
+    assert "| cpu | agree |" in report.to_markdown()
+    assert graphopt.optimize(digits, passes="cleanup").report.to_dict()["validation"] is None
 
 
 def test_dump_dir_writes_model_after_each_changing_pass(tmp_path):

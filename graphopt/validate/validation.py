@@ -28,6 +28,7 @@ report says so.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -242,8 +243,8 @@ def _dataset(data: DataSource | None, model: onnx.ModelProto, labels: str | None
                         f"{', '.join(sorted(dataset.extras)) or 'only model inputs'})")
     if max_samples is not None and len(dataset) > max_samples:
         dataset = Dataset(dataset.head(max_samples), {k: v[:max_samples] for k, v in dataset.extras.items()})
-    source = data if isinstance(data, str) else type(data).__name__
-    return dataset, DataInfo(str(source), len(dataset), False, labels)
+    source = os.fspath(data) if isinstance(data, (str, os.PathLike)) else f"{type(data).__name__} (in memory)"
+    return dataset, DataInfo(source, len(dataset), False, labels)
 
 
 def _synthetic(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]] | None) -> Dataset:
