@@ -208,6 +208,29 @@ def gate_command(
             for v in failed))
 
 
+@app.command("lint")
+def lint_command(
+    model: Annotated[str, typer.Argument(help="quantized (QDQ) ONNX model")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of lines")] = False,
+) -> None:
+    """Check MODEL's Q/DQ nodes against TensorRT's explicit-quantization rules (no TensorRT needed).
+    Exit 1 when a rule that makes TensorRT reject the model or compute something else is broken."""
+    from graphopt.errors import ValidationFailure
+    from graphopt.model import load
+    from graphopt.validate.tensorrt_lint import lint_tensorrt
+
+    findings = lint_tensorrt(load(model))
+    if as_json:
+        stdout.print_json(json.dumps([f.to_dict() for f in findings]))
+    else:
+        for finding in findings:
+            stdout.print(f"{finding.severity}: [{finding.rule}] {finding.node}: {finding.message}", markup=False)
+        stdout.print(f"{len(findings)} finding(s) against TensorRT's QDQ rules")
+    errors = sum(f.severity == "error" for f in findings)
+    if errors:
+        raise ValidationFailure(f"{errors} TensorRT QDQ error(s) in {model}")
+
+
 def _validate(reference, candidate, data, labels, providers, require_provider, rtol, atol, threads, shape,
               rounds, batch_size, per_layer, latency):
     from graphopt.validate.providers import SessionSettings

@@ -16,6 +16,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime import quantization
 
+from graphopt.cli import main
 from graphopt.validate.tensorrt_lint import RULES, LintFinding, lint_tensorrt
 
 FLOAT = TensorProto.FLOAT
@@ -441,3 +442,29 @@ def test_onnxruntime_quantizer_output(tmp_path, options, expected):
                                  weight_type=quantization.QuantType.QInt8, **options)
     findings = lint_tensorrt(onnx.load(output))
     assert {finding.rule for finding in findings} == expected
+
+
+@pytest.fixture(scope="module")
+def uint8_quantized(tmp_path_factory):
+    model = onnx.load(DIGITS_CNN)
+    output = tmp_path_factory.mktemp("quantized") / "uint8.onnx"
+    quantization.quantize_static(model, output, RandomImages(model), quant_format=quantization.QuantFormat.QDQ,
+                                 weight_type=quantization.QuantType.QInt8,
+                                 activation_type=quantization.QuantType.QUInt8)
+    return str(output)
+
+
+def test_lint_command_exits_1_on_errors(uint8_quantized, capsys):
+    assert main(["lint", uint8_quantized]) == 1
+    captured = capsys.readouterr()
+    assert "error: [zero-point-not-zero]" in captured.out and "TensorRT QDQ error(s)" in captured.err
+    assert main(["lint", str(DIGITS_CNN), "--json"]) == 0 and capsys.readouterr().out.strip() == "[]"
+
+
+def test_gate_fails_tensorrt_lint_errors_even_without_tensorrt(uint8_quantized, capsys):
+    """TensorRT is not installed here: the provider is skipped, the static lint still decides."""
+    code = main(["gate", str(DIGITS_CNN), uint8_quantized, "--providers", "cpu,tensorrt", "--min-cosine", "0.5",
+                 "--rounds", "2"])
+    captured = capsys.readouterr()
+    assert code == 1 and "tensorrt_lint[tensorrt]" in captured.err
+    assert "int8 kernels" in captured.out  # the placement note for the quantized candidate on the CPU

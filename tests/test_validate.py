@@ -132,3 +132,20 @@ def test_bad_data_and_options_are_usage_errors(candidates, tmp_path):
         validate(vm.DIGITS, candidates["optimized"], shapes={"input": [1, 32, 32]})
     with pytest.raises(UsageError, match="rounds must be positive"):
         validate(vm.DIGITS, candidates["optimized"], rounds=0)
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider' is not in available")
+def test_a_provider_onnxruntime_falls_back_from_is_unavailable(monkeypatch):
+    """onnxruntime-gpu lists CUDA even without the CUDA libraries, then quietly runs on the CPU: simulated
+    by a build that claims CUDA; the session must be refused, not timed as CUDA."""
+    import onnxruntime as ort
+
+    from graphopt.validate import providers
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert providers.unavailable_reason("cuda") is None
+    with pytest.raises(providers.ProviderUnavailable, match="could not start CUDAExecutionProvider.*fell back"):
+        providers.open_session(_model(), "cuda")
+    assert providers.open_session(_model(), "cpu").get_providers() == ["CPUExecutionProvider"]
+    assert providers.provider_chain("tensorrt") == ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                                   "CPUExecutionProvider"]
