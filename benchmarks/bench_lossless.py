@@ -201,6 +201,7 @@ def _compare(reference: dict, candidate: dict) -> dict[str, Any]:
 def _measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Node counts, sizes, output check and interleaved latency of the original and its optimized versions."""
     import onnx
+
     from graphopt.validate.latency import measure_interleaved, time_interleaved_once
 
     paths: dict[str, str] = spec["paths"]  # variant -> file; ORIGINAL first

@@ -1,7 +1,8 @@
-"""eliminate-no-op-nodes: remove nodes whose output provably equals one of their inputs, bit for bit.
+"""eliminate-no-op-nodes: remove nodes whose output provably equals one of their inputs (or, for a Concat
+that reassembles a tensor, that tensor), bit for bit.
 
 Algebra: each removal below is exact, for every input on which the original node succeeds; consumers of the
-output read the input instead (``graphopt.rewrite.bypass``, which keeps graph output names).
+output read that input instead (``graphopt.rewrite.bypass``, which keeps graph output names).
 
 * ``Cast(x, to=T)`` when x already has type T, and ``CastLike(x, like)`` when x and ``like`` have the same
   type: a conversion to the same type copies.
@@ -9,7 +10,9 @@ output read the input instead (``graphopt.rewrite.bypass``, which keeps graph ou
   x's static dimension there, or 0 (copy the dimension, unless ``allowzero``), or one -1 whose partner
   dimensions are static and non-zero (then -1 can only be x's dimension); or, for a shape that is not
   constant, when shape inference gives static, equal input and output shapes (not in models whose
-  initializers are also graph inputs, see Constants). Reshape keeps the element order.
+  initializers are also graph inputs, see Constants); or ``Reshape(x, Shape(x))``, dynamic dimensions
+  included, whatever ``allowzero`` (each entry is x's dimension there; a 0 is x's 0, copied or literal).
+  Reshape keeps the element order.
 * ``Expand(x, shape)`` when broadcasting x's shape with ``shape`` gives x's shape: ``shape`` has no more
   dimensions than x and each is 1 or x's static dimension (or, as for Reshape, inferred static shapes agree).
 * ``Transpose(x, perm)`` with perm = [0, 1, ..., r-1], or without perm on a tensor of rank 0 or 1.
@@ -18,6 +21,19 @@ output read the input instead (``graphopt.rewrite.bypass``, which keeps graph ou
   INT64_MAX or >= the static dimension. INT32_MAX counts as "to the end" only where the dimension is static.
 * ``Concat`` of one input; ``Split`` into one output (its one part must be the whole tensor, or the node
   fails).
+* ``Concat`` (axis 0) that puts a 1-D tensor s of static length n back together from its elements, taken in
+  order: each input is ``Unsqueeze(Gather(s, k), [0])`` (the 1-element tensor [s[k]]), ``Gather(s, ks)``
+  with constant 1-D indices ks (the tensor [s[k] for k in ks]) or ``Slice(s, [a], [b])`` with constant
+  bounds, step 1 (the elements range(n)[a:b]), and the indices, concatenated and taken modulo n where
+  negative, are exactly 0, 1, ..., n-1. The output is then s itself (it is not an input of the Concat, but
+  is computed before its inputs, so it is available wherever the output is used). Exporters write this for
+  a tensor's shape on dynamic dimensions: ``Concat(Unsqueeze(Gather(Shape(x), 0)), ...)``.
+* ``Where(c, x, y)`` with a constant condition c: all true gives x, all false gives y, when neither c nor the
+  other operand broadcasts the chosen one to a larger shape (as for the neutral constants below). One
+  exception, for the signed-zero rule below: onnxruntime's CPU Where (1.32, float16/float/double) returns
+  +0.0 where it picks a -0.0 of x (it keeps y's; only when c and y are both scalars does it keep x's), so
+  for an x that may hold -0.0 (not known to be of an integer, boolean or string type) the all-true case is
+  kept unless ``ignore_signed_zeros``.
 * ``Mul(x, 1)``, ``Mul(1, x)``, ``Div(x, 1)``, ``Add(x, 0)``, ``Add(0, x)``, ``Sub(x, 0)``, where the
   constant (an initializer or a Constant node) holds only the neutral element, has x's type, and does not
   broadcast x to a larger shape (it is a scalar, or has no more dimensions than x and each is 1 or x's
@@ -37,13 +53,17 @@ input or a constant), and it is a NaN either way. Likewise, under onnxruntime's 
 Constants: an initializer that is also an input of the main graph (every initializer of an IR < 4 model) is
 a default a caller may override, so its value is never used here.
 
-Declines (``skipped.<reason>``): ``signed_zero`` (above); ``broadcast``: a neutral constant that may
-broadcast x to a larger shape; ``shape_unknown``: a non-scalar neutral constant and x's rank is unknown;
-``dim_not_static``: a Slice ending at INT32_MAX on a dimension that is not static; ``dtype_unknown``: a
-Cast or CastLike whose input type is unknown; ``dtype_mismatch``: a neutral constant of another type than
-x; and what ``bypass`` declines, to keep graph output names: ``graph_output_from_input_or_constant``,
+Declines (``skipped.<reason>``): ``signed_zero`` (above, and Where's all-true case); ``broadcast``: a
+neutral constant, or Where's condition or other operand, that may broadcast x to a larger shape;
+``shape_unknown``: a non-scalar neutral constant and x's rank is unknown, or a Where operand whose rank is
+unknown; ``dim_not_static``: a Slice ending at INT32_MAX on a dimension that is not static;
+``dtype_unknown``: a Cast or CastLike whose input type is unknown; ``dtype_mismatch``: a neutral constant of
+another type than x; ``shape_from_default_values``: a Where or a reassembling Concat in a model whose
+initializers are also graph inputs (see Constants: the inferred shapes it rests on may hold only for the
+defaults); and what ``bypass`` declines, to keep graph output names: ``graph_output_from_input_or_constant``,
 ``graph_output_is_also_input_of_node``, ``source_from_outer_scope``. Nodes that are simply not no-ops are
-not counted. A constant or Constant node that fed only removed nodes is left for eliminate-dead-nodes.
+not counted. What fed only removed nodes (a constant, a Constant node, the Gathers of a reassembling Concat)
+is left for eliminate-dead-nodes.
 """
 
 from __future__ import annotations
@@ -55,6 +75,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from graphopt.fusion import producer
 from graphopt.pass_base import Invariant, Option, Pass, PassContext, PassResult
 from graphopt.rewrite import all_graphs, bypass, is_standard_op
 from passes.deduplicate_initializers import constant_array, element_type, is_dense
@@ -70,7 +91,8 @@ Verdict = gs.Tensor | str | None  # the input the output equals, a reason to dec
 class EliminateNoOpNodes(Pass):
     name = "eliminate-no-op-nodes"
     summary = ("remove nodes that return an input unchanged: same-type Cast, identity Reshape, Expand, "
-               "Transpose, Pad, Slice, one-input Concat, one-output Split, x*1, x/1, x+0, x-0")
+               "Transpose, Pad, Slice, one-input Concat, one-output Split, x*1, x/1, x+0, x-0, Where with a "
+               "constant condition, Concat of a tensor's own elements")
     options = (Option("ignore_signed_zeros", bool, False,
                       "also remove Add(x, +0.0) and Sub(x, -0.0), which turn -0.0 into +0.0"),)
     requires = frozenset({Invariant.SHAPES_INFERRED})
@@ -98,6 +120,8 @@ class EliminateNoOpNodes(Pass):
             return None
         if is_standard_op(node, *_NEUTRAL):
             return self._neutral_operand(node, known)
+        if is_standard_op(node, "Where"):
+            return self._chosen_operand(node, known)
         check = _CHECKS.get(node.op)
         if check is None or not is_standard_op(node, node.op):
             return None
@@ -138,6 +162,24 @@ class EliminateNoOpNodes(Pass):
             return "shape_unknown"
         return None if _broadcast_keeps(shape, constant.shape) else "broadcast"
 
+    def _chosen_operand(self, node: gs.Node, known: Known) -> Verdict:
+        """Where(c, x, y) with a constant c all true (x) or all false (y), unless it broadcasts."""
+        if len(node.inputs) != 3:
+            return None
+        condition = known.value(node.inputs[0])
+        if condition is None or condition.dtype != np.bool_ or (condition.any() and not condition.all()):
+            return None
+        x, y = node.inputs[1:]
+        chosen, other = (x, y) if condition.all() else (y, x)
+        if chosen is x and _has_signed_zeros(x) and not self.values["ignore_signed_zeros"]:
+            return "signed_zero"  # onnxruntime's Where turns a chosen -0.0 of x into +0.0
+        shape, other_shape = tensor_shape(chosen), tensor_shape(other)
+        if shape is None or other_shape is None:
+            return "shape_unknown"
+        if not (_broadcast_keeps(shape, condition.shape) and _broadcast_keeps(shape, other_shape)):
+            return "broadcast"
+        return chosen if known.shapes_from_values else "shape_from_default_values"
+
 
 # ---------------------------------------------------------------------------------------------------------
 # One check per op: (node, known) -> Verdict
@@ -165,11 +207,20 @@ def _reshape(node: gs.Node, known: Known) -> Verdict:
         target = node.attrs.get("shape")
     else:
         target = known.value(node.inputs[1]) if len(node.inputs) > 1 else None
+        if len(node.inputs) > 1 and _is_whole_shape_of(node.inputs[1], data):
+            return data
     shape = tensor_shape(data)
     if target is not None and shape is not None and _reshape_keeps(shape, [int(t) for t in np.ravel(target)],
                                                                     node.attrs.get("allowzero", 0)):
         return data
     return data if known.shapes_from_values and _static_and_equal(shape, tensor_shape(node.outputs[0])) else None
+
+
+def _is_whole_shape_of(tensor: gs.Tensor, data: gs.Tensor) -> bool:
+    """True if ``tensor`` is ``Shape(data)``, without start or end."""
+    shape = producer(tensor, "Shape")
+    return shape is not None and shape.inputs[0] is data and shape.attrs.get("start", 0) == 0 and \
+        "end" not in shape.attrs
 
 
 def _reshape_keeps(shape: Sequence, target: list[int], allowzero: int) -> bool:
@@ -247,7 +298,85 @@ def _slice(node: gs.Node, known: Known) -> Verdict:
 
 
 def _concat(node: gs.Node, known: Known) -> Verdict:
-    return node.inputs[0] if len(node.inputs) == 1 else None
+    if len(node.inputs) == 1:
+        return node.inputs[0]
+    if node.attrs.get("axis") not in (0, -1):
+        return None
+    pieces = [picked_elements(tensor, known) for tensor in node.inputs]
+    if any(isinstance(piece, str) for piece in pieces):
+        return None
+    source = pieces[0][0]
+    if any(piece[0] is not source for piece in pieces):
+        return None
+    shape = tensor_shape(source)
+    indices = [index for _, piece_indices in pieces for index in piece_indices]
+    if shape is None or len(shape) != 1 or not _is_static(shape[0]) or indices != list(range(shape[0])):
+        return None
+    return source if known.shapes_from_values else "shape_from_default_values"
+
+
+def picked_elements(tensor: gs.Tensor, known: Known) -> tuple[gs.Tensor, list[int]] | str:
+    """``(s, ks)`` when the 1-D ``tensor`` equals ``[s[k] for k in ks]`` for a 1-D tensor s: it is
+    ``Unsqueeze(Gather(s, k), [0])`` for a constant scalar k or ``Gather(s, ks)`` for constant 1-D ks (on axis
+    0), or ``Slice(s, [a], [b])`` on axis 0 with step 1 and constant a, b (ks = range(n)[a:b]: ONNX clamps a
+    and b as Python clamps slice bounds). Where s's length n is known (``_static_length``) the indices are
+    returned in [0, n), negative ones counted from the end; where it is not, a Gather's nonnegative indices
+    are returned as they are (the Gather fails unless they are < n). Else the reason: ``length_unknown`` (a
+    negative index or a Slice, and n is not known) or ``not_picked``."""
+    sliced = producer(tensor, "Slice")
+    if sliced is not None:
+        return _sliced_elements(sliced, known)
+    gather, index_rank = _gather_behind(tensor, known)
+    if gather is None or len(gather.inputs) != 2 or gather.attrs.get("axis", 0) not in (0, -1):
+        return "not_picked"
+    source, indices = gather.inputs[0], known.value(gather.inputs[1])
+    if indices is None or indices.ndim != index_rank or indices.dtype.kind not in "iu":
+        return "not_picked"
+    indices = [int(k) for k in np.ravel(indices)]
+    length = _static_length(source, known)
+    if length is None:
+        return (source, indices) if all(k >= 0 for k in indices) else "length_unknown"
+    if not all(-length <= k < length for k in indices):
+        return "not_picked"  # the Gather fails
+    return source, [k % length for k in indices]
+
+
+def _sliced_elements(node: gs.Node, known: Known) -> tuple[gs.Tensor, list[int]] | str:
+    """``(s, range(n)[a:b])`` for ``Slice(s, [a], [b], [axis], [step])`` with axis 0 and step 1 (where given),
+    all constant (inputs from opset 10 on); else the reason, as for ``picked_elements``."""
+    if known.opset < 10 or not 3 <= len(node.inputs) <= 5:
+        return "not_picked"
+    values = [known.value(t) for t in node.inputs[1:]]
+    if any(value is None or value.size != 1 or value.dtype.kind not in "iu" for value in values):
+        return "not_picked"
+    start, end, axis, step = [int(np.ravel(value)[0]) for value in values] + [0, 1][len(values) - 2:]
+    if axis not in (0, -1) or step != 1:
+        return "not_picked"
+    length = _static_length(node.inputs[0], known)
+    if length is None:
+        return "length_unknown"
+    return node.inputs[0], list(range(length))[start:end]
+
+
+def _gather_behind(tensor: gs.Tensor, known: Known) -> tuple[gs.Node | None, int]:
+    """The Gather that makes the 1-D ``tensor``, and the rank its indices must have for that: 0 when it is
+    unsqueezed on axis 0 (``Unsqueeze(Gather(s, k), [0])``), 1 when it is ``tensor``'s producer."""
+    unsqueeze = producer(tensor, "Unsqueeze")
+    if unsqueeze is None:
+        return producer(tensor, "Gather"), 1
+    axes = known.value(unsqueeze.inputs[1]) if len(unsqueeze.inputs) > 1 else unsqueeze.attrs.get("axes")
+    if axes is None or np.ravel(axes).tolist() not in ([0], [-1]):
+        return None, 0
+    return producer(unsqueeze.inputs[0], "Gather"), 0
+
+
+def _static_length(tensor: gs.Tensor, known: Known) -> int | None:
+    """The length of a 1-D tensor, when its inferred shape gives it and can be trusted
+    (``Known.shapes_from_values``); else None."""
+    shape = tensor_shape(tensor)
+    if not known.shapes_from_values or shape is None or len(shape) != 1 or not _is_static(shape[0]):
+        return None
+    return shape[0]
 
 
 def _split(node: gs.Node, known: Known) -> Verdict:
@@ -299,6 +428,17 @@ def tensor_element_type(tensor: gs.Tensor) -> int | None:
     if getattr(tensor, "type", "tensor_type") != "tensor_type":
         return None
     return _onnx_type(tensor.dtype)
+
+
+_WITHOUT_SIGNED_ZEROS = frozenset({
+    onnx.TensorProto.BOOL, onnx.TensorProto.STRING, onnx.TensorProto.INT8, onnx.TensorProto.INT16,
+    onnx.TensorProto.INT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT8, onnx.TensorProto.UINT16,
+    onnx.TensorProto.UINT32, onnx.TensorProto.UINT64})
+
+
+def _has_signed_zeros(tensor: gs.Tensor) -> bool:
+    """True unless ``tensor`` is known to hold integers, booleans or strings."""
+    return tensor_element_type(tensor) not in _WITHOUT_SIGNED_ZEROS
 
 
 def _onnx_type(dtype) -> int | None:

@@ -13,9 +13,13 @@ constants; a body's own inputs and loop-carried state are never constant):
   whole independent groups of nodes (node by node only if a session fails) (``folded.nodes``).
 - with ``fold_shapes``: ``Shape`` (its ``start``/``end`` applied) and ``Size`` of a tensor whose inferred
   shape is fully static, and ``Gather``/``Slice`` (axis 0, constant indices, positive steps) of a ``Shape``
-  output that pick only static dims, e.g. the channel count of an ``[N, 3, H, W]`` tensor. These values come
-  from the inferred shapes, not from ORT (``folded.static_shapes``, also counted in ``folded.nodes``).
-  ``Shape`` nodes left without consumers by that are removed (``removed.unused_shape_nodes``).
+  output that pick only static dims, e.g. the channel count of an ``[N, 3, H, W]`` tensor; and ``Equal`` of
+  a ``Shape`` output and a constant integer tensor c (either order, broadcast) when every comparison is
+  decided: a static dim compares by value, and any other dim, being a size (>= 0 whatever the input), is
+  unequal to a negative c. PyTorch exports ``expand`` to a size on dynamic dims as
+  ``Where(Equal(shape, -1), 1, shape)``: that Equal is all false. These values come from the inferred
+  shapes, not from ORT (``folded.static_shapes``, also counted in ``folded.nodes``).
+  ``Shape`` nodes of the same graph left without consumers by that are removed (``removed.unused_shape_nodes``).
 The pass repeats this until nothing changes (inlining and folding feed each other; shapes are inferred again
 after an If was inlined or while a Shape is left dynamic), so a second run changes nothing. A folded tensor
 that is a graph output stays an output, as an initializer under the same name. An initializer that is also
@@ -41,7 +45,10 @@ their bodies are folded inside), ``evaluation_failed`` (onnxruntime cannot build
 diagnostic has its error), ``unsupported_dtype`` (string, bfloat16, float8, int4 results: onnxruntime's
 Python API or onnx-graphsurgeon cannot carry them), ``not_a_tensor`` (sequence or optional results),
 ``unsupported_constant`` (a Constant node with no attribute we know, e.g. ``sparse_value``, which gs drops
-on import), ``dynamic_shape`` (Shape or Size of a tensor whose shape is not fully static), ``unknown_opset``
+on import), ``dynamic_shape`` (Shape or Size of a tensor whose shape is not fully static, a Gather or Slice
+of a Shape that picks a dim that is not, an Equal of a Shape and a constant that such a dim leaves
+undecided; counted although their inputs are not all constant: they are where shape arithmetic on dynamic
+dims stops folding, and what is computed from them is left with them), ``unknown_opset``
 (static-shape rules on a default-domain opset newer than the installed onnx knows), ``float16_arithmetic``
 (a float16 result computed, not moved: onnxruntime's CPU provider runs float16 ops it has no kernel for in
 float32 and drops the float32 -> float16 -> float32 cast pairs between them, so at run time the consumer may
@@ -284,8 +291,9 @@ class _Round:
         graph_outputs = {id(t) for t in graph.outputs}
         frontier = [t for n in folded for t in n.outputs if t.name and
                     (id(t) in graph_outputs or any(id(c) not in members for c in t.outputs))]
-        shape_producers = [t.inputs[0] for n in folded for t in n.inputs[:1]
-                           if not isinstance(t, gs.Constant) and t.inputs and is_standard_op(t.inputs[0], "Shape")]
+        local = {id(n) for n in graph.nodes}  # a Shape in an enclosing graph is left for eliminate-dead-nodes
+        shape_producers = [shape for n in folded for t in n.inputs
+                           if (shape := _shape_producer(t)) is not None and id(shape) in local]
         for node in folded:
             node.inputs.clear()
             node.outputs.clear()
@@ -343,7 +351,8 @@ class _Round:
                               f"{self.values['guard_min_bytes']}); max_growth=inf folds it")
 
     def _static_shape_value(self, node: gs.Node) -> np.ndarray | None:
-        """Shape/Size of a statically shaped tensor, Gather/Slice of static dims of a Shape, else None."""
+        """Shape/Size of a statically shaped tensor, Gather/Slice of static dims of a Shape, Equal of a Shape
+        and a constant that the dims decide, else None."""
         if not _is_static_rule(node):
             return None
         if self.opset > _NEWEST_KNOWN_OPSET:
@@ -355,14 +364,35 @@ class _Round:
                 self._skip(node, "dynamic_shape")
                 return None
             return np.array(dims if node.op == "Shape" else math.prod(dims), np.int64)
-        dims = _shape_output(node.inputs[0].inputs[0])
+        if node.op == "Equal":
+            return self._shape_equality(node)
+        dims = _shape_output(_shape_producer(node.inputs[0]))
         if dims is None:
             return None
         ints = [_ints(t) if t.name and self.constant(t) else None for t in node.inputs[1:5]]
         picked = _gather_dims(node, dims, ints) if node.op == "Gather" else _slice_dims(node, dims, ints)
-        if picked is None or not all(_is_static(d) for d in np.ravel(picked)):
+        if picked is None:
+            return None
+        if not all(_is_static(d) for d in np.ravel(picked)):
+            self._skip(node, "dynamic_shape")
             return None
         return np.asarray(picked, dtype=object).astype(np.int64)
+
+    def _shape_equality(self, node: gs.Node) -> np.ndarray | None:
+        """Equal(Shape(x), c) or Equal(c, Shape(x)) for a constant integer c, when every comparison is
+        decided (``_equal_dims``), else None."""
+        if len(node.inputs) != 2:
+            return None
+        shape_side = 0 if _shape_producer(node.inputs[0]) is not None else 1
+        dims = _shape_output(_shape_producer(node.inputs[shape_side]))
+        other = node.inputs[1 - shape_side]
+        values = _ints(other) if other.name and self.constant(other) else None
+        if dims is None or values is None:
+            return None
+        equal = _equal_dims(dims, values)
+        if equal is None:
+            self._skip(node, "dynamic_shape")
+        return equal
 
 
 # -- helpers ------------------------------------------------------------------------------------------------
@@ -444,10 +474,16 @@ def _is_static(dim: Any) -> bool:
 def _is_static_rule(node: gs.Node) -> bool:
     if is_standard_op(node, "Shape", "Size"):
         return True
-    if not is_standard_op(node, "Gather", "Slice") or not node.inputs or isinstance(node.inputs[0], gs.Constant):
-        return False
-    producers = node.inputs[0].inputs
-    return len(producers) == 1 and is_standard_op(producers[0], "Shape")
+    if is_standard_op(node, "Equal"):
+        return any(_shape_producer(t) is not None for t in node.inputs)
+    return is_standard_op(node, "Gather", "Slice") and bool(node.inputs) and \
+        _shape_producer(node.inputs[0]) is not None
+
+
+def _shape_producer(tensor: gs.Tensor) -> gs.Node | None:
+    """The Shape node that computes ``tensor``, or None."""
+    producers = [] if isinstance(tensor, gs.Constant) else tensor.inputs
+    return producers[0] if len(producers) == 1 and is_standard_op(producers[0], "Shape") else None
 
 
 def _shape_output(shape_node: gs.Node) -> list | None:
@@ -457,6 +493,28 @@ def _shape_output(shape_node: gs.Node) -> list | None:
     if shape is None:
         return None
     return list(shape)[shape_node.attrs.get("start", 0):shape_node.attrs.get("end", None)]
+
+
+def _equal_dims(dims: list, values: np.ndarray) -> np.ndarray | None:
+    """Equal(dims, values), broadcast as ONNX does, when every comparison is decided: a static dim compares by
+    value; any other dim is a size, at least 0 whatever it turns out to be, so it differs from a negative
+    value. None when a comparison is not decided (a dim that is not static against a value >= 0), or the
+    operands do not broadcast (the node fails)."""
+    column = np.empty(len(dims), dtype=object)
+    column[:] = dims
+    try:
+        left, right = np.broadcast_arrays(column, values)
+    except ValueError:
+        return None
+    decided = []
+    for dim, value in zip(left.flat, right.flat, strict=True):
+        if _is_static(dim):
+            decided.append(dim == value)
+        elif value < 0:
+            decided.append(False)
+        else:
+            return None
+    return np.array(decided, dtype=bool).reshape(left.shape)
 
 
 def _ints(tensor: gs.Constant) -> np.ndarray | None:

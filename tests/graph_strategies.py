@@ -15,9 +15,12 @@ What a model holds:
 - patterns the passes look for, injected with some probability (``PATTERNS``): Conv->BatchNormalization
   (also twice in a row), Gemm/MatMul->BatchNormalization, Conv->Mul->Add per channel, MatMul->Add,
   LayerNormalization written out (ReduceMean, Sub, Pow, Sqrt, Div, Mul, Add), GELU in its erf form,
-  Transpose pairs that cancel, Reshape chains, a zero Pad before a Conv, nodes that return their input
+  Transpose pairs that cancel, Reshape chains (after an Unsqueeze pair now and then), a Reshape whose
+  target is computed from its input's own dimensions (Shape, Gather, Unsqueeze, Slice, Concat: attention's
+  head split and merge as PyTorch exports them), a zero Pad before a Conv, nodes that return their input
   (x*1, x+0 with -0.0 in x, same-type Cast, zero Pad, full Slice, identity Transpose and Reshape, one-input
-  Concat, one-output Split), operands computed from constants only, weights passed through such a node;
+  Concat, one-output Split, Where with a constant condition, a Concat that reassembles Shape(x) from its
+  elements), operands computed from constants only, weights passed through such a node;
 - several graph outputs: the last tensor, sometimes intermediates (so some fusions must decline), a
   graph input passed through Identity, a constant through Identity, a graph input listed directly as an
   output, a Dropout mask; what is not an output is a dead branch.
@@ -59,7 +62,8 @@ OPS = (
 )
 PATTERNS = (
     "conv_bn", "conv_bn_bn", "gemm_bn", "matmul_bn", "conv_mul_add", "matmul_add", "layernorm", "gelu_erf",
-    "transpose_pair", "reshape_chain", "pad_conv", "no_op", "constant_expression", "computed_weight",
+    "transpose_pair", "reshape_chain", "reshape_own_dims", "pad_conv", "no_op", "constant_expression",
+    "computed_weight",
 )
 
 
@@ -744,10 +748,69 @@ def _pattern_transpose_pair(b: _Builder) -> Value:
 
 
 def _pattern_reshape_chain(b: _Builder) -> Value:
-    value = _emit_reshape(b)
+    """Reshapes in a row, now and then after two Unsqueezes in a row (axes of either sign)."""
+    value = _unsqueeze_pair(b) if b.chance(0.3) else _emit_reshape(b)
     for _ in range(b.integer(1, 2)):
         value = _emit_reshape(b, value)
     return value
+
+
+def _unsqueeze_pair(b: _Builder) -> Value:
+    value = b.operand()
+    for _ in range(2):
+        rank = value.rank + 1
+        axis = b.integer(0, rank - 1)
+        shape = value.shape[:axis] + (1,) + value.shape[axis:]
+        signed = axis - rank if b.chance(0.5) else axis
+        value = b.value(b.node("Unsqueeze", [value.name, b.ints([signed])])[0], shape, value.scale)
+    return value
+
+
+def _pattern_reshape_own_dims(b: _Builder) -> Value:
+    """``Reshape(x, Concat(pieces))``: x's leading dimensions picked from Shape(x) (``_shape_piece``), then
+    constants that split or merge the rest (one may be -1). Now and then what the rule must decline:
+    ``allowzero=1``, the Shape of another tensor of x's shape, x's dimension at a position where x has an
+    equal one."""
+    x = b.as_rank(b.operand(), (2, 3, 4))
+    kept = b.integer(1, x.rank - 1)
+    rest = math.prod(x.shape[kept:])
+    tail = [rest] if b.chance(0.4) else list(_factor_shape(rest, b.integer(1, 3)))
+    if b.chance(0.2):
+        tail[b.integer(0, len(tail) - 1)] = -1
+    measured = x.name if b.chance(0.85) else b.node("Relu", [x.name])[0]
+    shape = b.node("Shape", [measured])[0]
+    axes = list(range(kept))
+    swaps = [(p, q) for p in axes for q in range(x.rank) if q != p and x.shape[q] == x.shape[p]]
+    if swaps and b.chance(0.15):
+        position, axis = b.choice(swaps)
+        axes[position] = axis
+    pieces = []
+    while axes:
+        width = b.integer(1, len(axes))
+        pieces.append(_shape_piece(b, shape, axes[:width], x.rank))
+        axes = axes[width:]
+    pieces += [b.ints([d]) for d in tail] if b.chance(0.5) else [b.ints(tail)]
+    attrs = {"allowzero": 1} if b.chance(0.1) else {}
+    out = b.node("Reshape", [x.name, b.node("Concat", pieces, axis=0)[0]], **attrs)[0]
+    known = math.prod(d for d in tail if d != -1)
+    return b.value(out, (*x.shape[:kept], *(rest // known if d == -1 else d for d in tail)), x.scale)
+
+
+def _shape_piece(b: _Builder, shape: str, axes: list[int], rank: int) -> str:
+    """A 1-D tensor holding the elements ``axes`` of ``shape`` (of length ``rank``), as exporters compute it:
+    ``Unsqueeze(Gather(shape, i), [0])``, ``Gather(shape, [i, ...])`` or ``Slice(shape, [a], [b])`` for
+    consecutive axes; indices and bounds of either sign."""
+    signed = [a - rank if b.chance(0.3) else a for a in axes]
+    consecutive = axes == list(range(axes[0], axes[0] + len(axes)))
+    kind = b.choice(["Unsqueeze"] * (len(axes) == 1) + ["Gather"] + ["Slice"] * consecutive)
+    if kind == "Unsqueeze":
+        return b.node("Unsqueeze", [b.node("Gather", [shape, b.ints(signed[0])])[0], b.ints([0])])[0]
+    if kind == "Gather":
+        return b.node("Gather", [shape, b.ints(signed)])[0]
+    end = axes[-1] + 1
+    if b.chance(0.3):
+        end = end - rank if end < rank else INT64_MAX
+    return b.node("Slice", [shape, b.ints([signed[0]]), b.ints([end])])[0]
 
 
 def _pattern_pad_conv(b: _Builder) -> Value:
@@ -767,11 +830,13 @@ def _pattern_pad_conv(b: _Builder) -> Value:
 
 def _pattern_no_op(b: _Builder) -> Value:
     """A node that returns its input: x*1, x/1, x+0, x-0 (with -0.0 in x now and then), a same-type Cast,
-    zero Pad, full Slice, identity Transpose or Reshape, Concat of one input, Split into one output."""
+    zero Pad, full Slice, identity Transpose or Reshape, Concat of one input, Split into one output, Where with
+    a constant condition, a Reshape to x's shape reassembled from its elements."""
     x = b.operand()
     if b.chance(0.3):  # Neg(Relu(x)) holds -0.0 wherever x <= 0
         x = b.value(b.node("Neg", [b.node("Relu", [x.name])[0]])[0], x.shape, x.scale)
-    kind = b.choice(["Mul", "Div", "Add", "Sub", "Cast", "Pad", "Slice", "Transpose", "Reshape", "Concat", "Split"])
+    kind = b.choice(["Mul", "Div", "Add", "Sub", "Cast", "Pad", "Slice", "Transpose", "Reshape", "Concat", "Split",
+                     "Where", "ShapeConcat"])
     rank = b.integer(0, x.rank)
     shape = tuple(d if b.chance(0.5) else 1 for d in x.shape[x.rank - rank:])
     if kind in ("Mul", "Div"):
@@ -796,6 +861,16 @@ def _pattern_no_op(b: _Builder) -> Value:
         out = b.node("Reshape", [x.name, b.ints(spec)])[0]
     elif kind == "Concat":
         out = b.node("Concat", [x.name], axis=b.integer(0, x.rank - 1))[0]
+    elif kind == "Where":  # Where(false, other, x); Where(true, x, other) is kept (signed zeros)
+        take_x = b.chance(0.3)
+        condition = b.const(np.full(shape, take_x, bool), exact=True)
+        other = b.floats(tuple(d if b.chance(0.5) else 1 for d in x.shape[x.rank - b.integer(0, x.rank):]))
+        out = b.node("Where", [condition, x.name, other] if take_x else [condition, other, x.name])[0]
+    elif kind == "ShapeConcat":  # Reshape(x, Concat(Unsqueeze(Gather(Shape(x), k)) for each k)): x
+        size = b.node("Shape", [x.name])[0]
+        pieces = [b.node("Unsqueeze", [b.node("Gather", [size, b.ints(k)])[0], b.ints([0])])[0]
+                  for k in range(x.rank)]
+        out = b.node("Reshape", [x.name, b.node("Concat", pieces, axis=0)[0]])[0]
     else:
         axis = b.integer(0, x.rank - 1)
         out = b.node("Split", [x.name, b.ints([x.shape[axis]])], 1, axis=axis)[0]
@@ -839,7 +914,7 @@ PATTERN_EMITTERS = {
     "conv_bn": _pattern_conv_bn, "conv_bn_bn": _pattern_conv_bn_bn, "gemm_bn": _pattern_gemm_bn,
     "matmul_bn": _pattern_matmul_bn, "conv_mul_add": _pattern_conv_mul_add, "matmul_add": _pattern_matmul_add,
     "layernorm": _pattern_layernorm, "gelu_erf": _pattern_gelu_erf, "transpose_pair": _pattern_transpose_pair,
-    "reshape_chain": _pattern_reshape_chain,
+    "reshape_chain": _pattern_reshape_chain, "reshape_own_dims": _pattern_reshape_own_dims,
 }
 assert set(PATTERN_EMITTERS) == set(PATTERNS)
 

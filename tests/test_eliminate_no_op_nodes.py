@@ -101,6 +101,12 @@ REMOVED = [
     ("(int32[2,4] x) => (int32[2,4] y)", "n = Div(x, one)", "<int32[4] one = {1, 1, 1, 1}>", "div"),
     ("(double[2,4] x) => (double[2,4] y)", "n = Mul(x, one)", "<double one = {1}>", "mul"),
     ("(float16[2,4] x) => (float16[2,4] y)", "n = Sub(x, z)", "<float16 z = {0}>", "sub"),
+    ("(int64[2,4] x) => (int64[2,4] y)", "n = Where(c, x, z)", "<bool[4] c = {1, 1, 1, 1}, int64 z = {5}>", "where"),
+    (SYM, "n = Where(c, z, x)", "<bool c = {0}, float[1,4] z = {1, 2, 3, 4}>", "where"),
+    ("(int32[2,4] x) => (int32[2,4] y)", "c = Constant <value = bool[2,1] {1, 1}> ()\n n = Where(c, x, z)",
+     "<int32[2,4] z = {1, 2, 3, 4, 5, 6, 7, 8}>", "where"),
+    (SIG, "n = Where(c, z, x)", "<bool[2,4] c = {0, 0, 0, 0, 0, 0, 0, 0}, float[2,4] z = {1,2,3,4,5,6,7,8}>",
+     "where"),
 ]
 
 
@@ -153,6 +159,130 @@ def test_a_chain_of_no_ops_goes_in_one_run_and_the_output_keeps_its_name():
     assert_identical_outputs(model, optimized, feeds_for(model))
 
 
+# A Concat that puts a 1-D tensor back together from its elements (PyTorch's export of x.size() on dynamic
+# dimensions). Pieces of s = Shape(x) by name; t is another Shape(x).
+PIECES = {
+    "p0": "e0 = Gather(s, i0)\n p0 = Unsqueeze(e0, zero)",
+    "p1": "e1 = Gather(s, i1)\n p1 = Unsqueeze(e1, zero)",
+    "p2": "e2 = Gather(s, im1)\n p2 = Unsqueeze(e2, zero)",  # the last element
+    "q01": "q01 = Gather(s, i01)",
+    "q12": "q12 = Gather(s, i12)",
+    "u0": "t = Shape(x)\n f0 = Gather(t, i0)\n u0 = Unsqueeze(f0, zero)",
+    "r01": "r01 = Slice(s, zero, two)",
+    "r1e": "r1e = Slice(s, m2, big)",  # s[-2:], to the end
+    "c3": "",
+}
+PIECE_CONSTANTS = ("<int64 i0 = {0}, int64 i1 = {1}, int64 im1 = {-1}, int64[1] zero = {0}, int64[2] i01 = {0, 1},"
+                   " int64[2] i12 = {1, 2}, int64[1] c3 = {3}, int64[1] two = {2}, int64[1] m2 = {-2},"
+                   " int64[1] big = {9223372036854775807}>")
+REASSEMBLED = [
+    ("float[N,M,3]", "p0, p1, p2", True),
+    ("float[N,M,3]", "q01, p2", True),
+    ("float[N,M,3]", "p0, q12", True),
+    ("float[N,M,3]", "r01, p2", True),
+    ("float[N,M,3]", "p0, r1e", True),
+    ("float[N,M,3]", "r01, r1e", False),  # s[1] twice
+    ("float[N,M]", "p0, p2", True),  # Gather(s, -1) is s[1] when s has 2 elements
+    ("float[N,M,3]", "p0, p2, p1", False),  # out of order
+    ("float[N,M,3]", "p0, p1", False),  # not all of s
+    ("float[N,M,3]", "p0, p1, c3", False),  # a constant: s[2] is 3, yet the pieces are not s's
+    ("float[N,M,3]", "u0, p1, p2", False),  # from another (equal) tensor: merging them is CSE's job
+]
+
+
+@pytest.mark.parametrize(("x", "pieces", "reassembled"), REASSEMBLED)
+def test_a_concat_that_reassembles_a_tensor_from_its_elements_is_that_tensor(x, pieces, reassembled):
+    body = "\n".join(["s = Shape(x)", *(PIECES[name] for name in pieces.split(", ")),
+                      f"n = Concat <axis = 0> ({pieces})", "y = Neg(n)"])
+    model = graph(f"({x} x) => (int64[K] y)", body, PIECE_CONSTANTS)
+    optimized, stats, _ = run(model)
+    assert stats == ({"removed.concat": 1} if reassembled else {})
+    assert op_counts(optimized).get("Concat", 0) == (0 if reassembled else 1)
+    if reassembled:
+        neg = next(node for node in optimized.graph.node if node.op_type == "Neg")
+        assert list(neg.input) == ["s"]
+    assert_identical_outputs(model, optimized, [random_feeds(model, batch=b) for b in (1, 4)])
+
+
+def test_a_reassembled_graph_output_keeps_its_name():
+    model = graph("(float[N,M] x) => (int64[2] n)",
+                  "s = Shape(x)\n e0 = Gather(s, i0)\n e1 = Gather(s, i1)\n p0 = Unsqueeze(e0, zero)\n"
+                  "p1 = Unsqueeze(e1, zero)\n n = Concat <axis = 0> (p0, p1)",
+                  "<int64 i0 = {0}, int64 i1 = {1}, int64[1] zero = {0}>")
+    optimized, stats, _ = run(model)
+    assert stats == {"removed.concat": 1}
+    assert [node.output[0] for node in optimized.graph.node if node.op_type == "Shape"] == ["n"]
+    assert_identical_outputs(model, optimized, [random_feeds(model)])
+
+
+def test_unsqueezed_gathers_in_opset_11_form_are_recognized():
+    """Unsqueeze's axes as an attribute (before opset 13)."""
+    model = graph("(float[N,M] x) => (int64[2] y)",
+                  "s = Shape(x)\n e0 = Gather(s, i0)\n e1 = Gather(s, i1)\n p0 = Unsqueeze <axes = [0]> (e0)\n"
+                  "p1 = Unsqueeze <axes = [-1]> (e1)\n n = Concat <axis = -1> (p0, p1)\n y = Neg(n)",
+                  "<int64 i0 = {0}, int64 i1 = {1}>", header='<ir_version: 7, opset_import: ["" : 11]>')
+    optimized, stats, _ = run(model)
+    assert stats == {"removed.concat": 1}
+    assert_identical_outputs(model, optimized, [random_feeds(model)])
+
+
+@pytest.mark.parametrize("allowzero", [0, 1])
+def test_a_reshape_to_its_own_shape_is_removed_on_dynamic_dims(allowzero):
+    model = graph("(float[N,M,3] x) => (float[N,M,3] y)",
+                  f"s = Shape(x)\n n = Reshape <allowzero = {allowzero}> (x, s)\n y = Neg(n)")
+    optimized, stats, _ = run(model)
+    assert stats == {"removed.reshape": 1}
+    assert op_counts(optimized) == {"Shape": 1, "Neg": 1}  # the Shape is eliminate-dead-nodes' to remove
+    assert_identical_outputs(model, optimized, [random_feeds(model, batch=b) for b in (0, 1, 4)])
+
+
+def test_a_reshape_to_part_of_its_shape_is_kept():
+    model = graph("(float[N,M,3] x) => (float[?,?] y)", "s = Shape <start = 1> (x)\n n = Reshape(x, s)\n y = Neg(n)")
+    _, stats, report = run(model)
+    assert stats == {}
+    assert report.passes[0].changed is False
+
+
+def test_lossless_removes_a_view_of_a_tensor_to_its_own_size():
+    """``x.view(x.size(0), x.size(1), x.size(2))``: the Concat becomes Shape(x) (here), the Reshape to it goes."""
+    body = "\n".join(["s = Shape(x)", PIECES["p0"], PIECES["p1"], PIECES["p2"], "n = Concat <axis = 0> (p0, p1, p2)",
+                      "r = Reshape(x, n)", "y = Neg(r)"])
+    model = graph("(float[N,M,3] x) => (float[N,M,3] y)", body, PIECE_CONSTANTS)
+    optimized, _ = graphopt.optimize(model, passes="lossless", check_changed=True)
+    assert op_counts(optimized) == {"Neg": 1}
+    assert_identical_outputs(model, optimized, [random_feeds(model, batch=b) for b in (1, 4)])
+
+
+# BERT's token-type ids as PyTorch exports them on dynamic axes: a buffer sliced to the sequence length and
+# expanded to input_ids' size, written as Where(Equal(size, -1), 1, size) with size = Concat of Shape pieces.
+EXPAND_TO_SIZE = """<ir_version: 8, opset_import: ["" : 17]>
+g (int64[B,S] ids) => (int64[B,S] y)
+   <int64[1,8] buffer = {0, 1, 2, 3, 4, 5, 6, 7}, int64 i0 = {0}, int64 i1 = {1}, int64[1] zero = {0},
+    int64[1] one = {1}, int64[2] minus = {-1, -1}, int64[2] ones = {1, 1}> {
+   s = Shape(ids)
+   b = Gather(s, i0)
+   n = Gather(s, i1)
+   b1 = Unsqueeze(b, zero)
+   n1 = Unsqueeze(n, zero)
+   sliced = Slice(buffer, zero, n1, one, one)
+   size = Concat <axis = 0> (b1, n1)
+   is_minus = Equal(size, minus)
+   target = Where(is_minus, ones, size)
+   y = Expand(sliced, target)
+}
+"""
+
+
+def test_lossless_reduces_the_exported_expand_to_a_size_to_the_expand_of_the_shape():
+    """Concat -> Shape (here), Equal(Shape, -1) -> false (fold-constants), Where(false, 1, s) -> s (here)."""
+    model = parse_model(EXPAND_TO_SIZE)
+    optimized, report = graphopt.optimize(model, passes="lossless", check_changed=True)
+    assert op_counts(optimized) == {"Shape": 1, "Gather": 1, "Unsqueeze": 1, "Slice": 1, "Expand": 1}
+    expand = next(node for node in optimized.graph.node if node.op_type == "Expand")
+    assert list(expand.input)[1] == "s"
+    assert_identical_outputs(model, optimized, [random_feeds(model, batch=b) for b in (1, 5, 8)])
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Near misses: not no-ops, kept without a stat
 
@@ -173,6 +303,7 @@ KEPT = [
     (SIG, "n = Div(one, x)", "<float one = {1}>"),
     (SIG, "n = Sub(z, x)", "<float z = {0}>"),
     (SIG, "n = Add(x, nan)", "<float nan = {NaN}>"),
+    (SIG, "n = Where(c, x, z)", "<bool[4] c = {1, 0, 1, 1}, float z = {5}>"),
 ]
 
 
@@ -224,6 +355,20 @@ def test_add_of_positive_zero_is_removed_with_ignore_signed_zeros_and_differs_on
     differs = expected.view(np.uint32) != actual.view(np.uint32)
     assert differs.any() and np.array_equal(differs, np.signbit(x) & (x == 0))  # only where x is -0.0
     np.testing.assert_array_equal(actual, expected)  # which compares equal: -0.0 == +0.0
+
+
+def test_where_choosing_x_is_kept_by_default_because_onnxruntime_turns_its_negative_zeros_positive():
+    model = graph(SIG, "n = Where(c, x, z)\n y = Neg(n)", "<bool[4] c = {1, 1, 1, 1}, float z = {5}>")
+    optimized, stats, report = run(model)
+    assert stats == {"skipped.signed_zero": 1}
+    assert report.passes[0].changed is False
+    optimized, stats, _ = run(model, ignore_signed_zeros=True)
+    assert stats == {"removed.where": 1}
+    x = special_values([2, 4])
+    expected, actual = run_model(model, {"x": x})["y"], run_model(optimized, {"x": x})["y"]
+    differs = expected.view(np.uint32) != actual.view(np.uint32)
+    assert np.array_equal(differs, np.signbit(x) & (x == 0))  # only where x is -0.0 (ORT 1.32)
+    np.testing.assert_array_equal(actual, expected)
 
 
 @pytest.mark.parametrize(("body", "initializers"), [
@@ -289,6 +434,45 @@ def test_declines_a_neutral_constant_of_another_type():
     model = graph(SIG, "n = Add(x, z)\n y = Neg(n)", "<int64 z = {0}>")
     _, stats, report = run(model)
     assert stats == {"skipped.dtype_mismatch": 1}
+    assert report.passes[0].changed is False
+
+
+@pytest.mark.parametrize(("signature", "body", "initializers"), [
+    ("(int64[4] x) => (int64[2,4] y)", "n = Where(c, x, z)", "<bool[2,4] c = {1,1,1,1,1,1,1,1}, int64 z = {5}>"),
+    ("(int64[4] x) => (int64[2,4] y)", "n = Where(c, x, z)", "<bool[2,1] c = {1, 1}, int64 z = {5}>"),
+    ("(float[N,1] x) => (float[N,4] y)", "n = Where(c, z, x)", "<bool c = {0}, float[4] z = {1, 2, 3, 4}>"),
+])
+def test_declines_a_constant_where_whose_other_operands_broadcast(signature, body, initializers):
+    model = graph(signature, f"{body}\n y = Neg(n)", initializers)
+    _, stats, report = run(model)
+    assert stats == {"skipped.broadcast": 1}
+    assert report.passes[0].changed is False
+
+
+def test_declines_a_constant_where_whose_operand_rank_is_unknown():
+    _, stats, report = run(unknown_shape_model("n = Where(c, z, x)", "<bool c = {0}, float z = {5}>"))
+    assert stats == {"skipped.shape_unknown": 1}
+    assert report.passes[0].changed is False
+
+
+@pytest.mark.parametrize(("output", "body"), [
+    ("float[2,4] y", "c = Constant <value = bool {0}> ()\n n = Where(c, w, x)"),
+    ("int64[2] y, float[4] z", """z = Neg(w)
+    s = Shape(x)
+    i0 = Constant <value = int64 {0}> ()
+    i1 = Constant <value = int64 {1}> ()
+    zero = Constant <value = int64[1] {0}> ()
+    e0 = Gather(s, i0)
+    e1 = Gather(s, i1)
+    p0 = Unsqueeze(e0, zero)
+    p1 = Unsqueeze(e1, zero)
+    n = Concat <axis = 0> (p0, p1)"""),
+])
+def test_declines_what_rests_on_inferred_shapes_when_initializers_are_inputs(output, body):
+    """``w`` is an initializer and a graph input: shapes inferred from initializer values may not hold."""
+    model = graph(f"(float[2,4] x, float[4] w) => ({output})", f"{body}\n y = Neg(n)", "<float[4] w = {1, 2, 3, 4}>")
+    _, stats, report = run(model)
+    assert stats == {"skipped.shape_from_default_values": 1}
     assert report.passes[0].changed is False
 
 

@@ -163,10 +163,46 @@ def test_dynamic_batch_only_static_dims_fold():
     stats = total_stats(report)
     assert stats["folded.static_shapes"] == 1  # Gather(Shape(x), 1) = 3
     assert stats["folded.nodes"] == 3  # that Gather, its Unsqueeze and the Mul
-    assert stats["skipped.dynamic_shape"] == 1
+    assert stats["skipped.dynamic_shape"] == 2  # Shape(x), and Gather(Shape(x), 0), which picks N
     assert {i.name: onnx.numpy_helper.to_array(i).tolist() for i in optimized.graph.initializer}["c2"] == [48]
     assert_identical(model, optimized, [random_feeds(model, batch=b) for b in (1, 5)])
     assert_idempotent(optimized)
+
+
+def shape_equality(other):
+    return parse_model(f"""{HEADER}
+    g (float[N, 3] x) => (bool[2] y, bool[2] z) <{other}> {{
+        s = Shape(x)
+        y = Equal(s, c)
+        z = Equal(c, s)
+    }}""")
+
+
+@pytest.mark.parametrize("other, expected", [
+    ("int64[2] c = {-1, -1}", [False, False]),  # a size is never negative, whatever N is
+    ("int64[2] c = {-1, 3}", [False, True]),
+    ("int64 c = {-1}", [False, False]),
+])
+def test_equal_of_a_shape_and_a_constant_folds_when_the_dims_decide_it(other, expected):
+    model = shape_equality(other)
+    optimized, report = run(model)
+    assert op_counts(optimized) == {}
+    assert total_stats(report)["folded.static_shapes"] == 2
+    assert total_stats(report)["removed.unused_shape_nodes"] == 1
+    values = {i.name: onnx.numpy_helper.to_array(i).tolist() for i in optimized.graph.initializer}
+    assert values["y"] == values["z"] == expected
+    assert_identical(model, optimized, [random_feeds(model, batch=b) for b in (1, 3)])
+    assert_idempotent(optimized)
+
+
+@pytest.mark.parametrize("other", ["int64[2] c = {7, 2}", "int64[2] c = {0, 3}"])
+def test_equal_of_a_shape_and_a_constant_is_left_when_a_symbolic_dim_decides_it(other):
+    """N may be 7 (or 0): the first comparison depends on the input, so nothing folds."""
+    model = shape_equality(other)
+    optimized, report = run(model)
+    assert op_counts(optimized) == {"Shape": 1, "Equal": 2}
+    assert skipped(report) == {"skipped.dynamic_shape": 3}
+    assert_identical(model, optimized, [random_feeds(model, batch=b) for b in (3, 7)])
 
 
 @pytest.mark.parametrize("attrs", ["", "<start=1>", "<end=-1>", "<start=-2, end=3>", "<start=1, end=1>",
@@ -610,6 +646,23 @@ def test_branches_of_a_dynamic_if_are_folded_inside():
     feeds = [{**random_feeds(model), "c": np.array(flag)} for flag in (True, False)]
     assert_identical(model, optimized, feeds)
     assert_idempotent(optimized)
+
+
+def test_a_branch_folding_a_static_dim_leaves_the_outer_shape_node_connected():
+    """The branch's Gather folds; the outer Shape it read is left whole (eliminate-dead-nodes' job), never
+    emptied in place: that once left a node without inputs or outputs in the outer graph."""
+    model = parse_model(f"""{HEADER}
+    g (float[N, 3] x, bool c) => (int64 y) <int64 one = {{1}}, int64 two = {{2}}> {{
+        s = Shape(x)
+        y = If(c) <then_branch = tb () => (int64 a) {{ a = Gather(s, one) }},
+                   else_branch = eb () => (int64 b) {{ b = Identity(two) }}>
+    }}""")
+    optimized, report = run(model)
+    onnx.checker.check_model(optimized, full_check=True)
+    assert [(n.op_type, list(n.input)) for n in optimized.graph.node] == [("Shape", ["x"]), ("If", ["c"])]
+    assert total_stats(report)["folded.static_shapes"] == 1
+    feeds = [{**random_feeds(model), "c": np.array(flag)} for flag in (True, False)]
+    assert_identical(model, optimized, feeds)
 
 
 def test_inlined_branch_outputs_that_are_constants_or_repeated_become_identities_then_fold():
