@@ -9,7 +9,7 @@ outputs shaped like class scores ([N, C], C > 1), top-1 agreement.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import onnx
@@ -27,6 +27,17 @@ def cpu_session(model: onnx.ModelProto | str, optimize: bool = False) -> ort.Inf
     options.log_severity_level = 3
     source = model if isinstance(model, str) else model.SerializeToString()
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph outputs also list ``names`` (intermediate tensors), declared by name
+    only: onnxruntime infers their types when it loads the model. ``model`` is not changed."""
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    listed = {output.name for output in exposed.graph.output}
+    exposed.graph.output.extend(onnx.ValueInfoProto(name=name) for name in dict.fromkeys(names)
+                                if name not in listed)
+    return exposed
 
 
 def run_model(model: onnx.ModelProto | str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -14,9 +14,8 @@ compared. Values that are not tensors (sequences, maps) are not compared either.
 Tolerance: float tensors agree when ``|cand - ref| <= atol + rtol * |ref|`` elementwise (numpy's ``allclose``
 rule); integer, bool and string tensors must be equal. Errors and cosine come from ``numerics.compare_tensor``.
 
-Exposed outputs take their type from onnx's shape inference where it knows it; where it does not, the output
-is declared by name only: onnxruntime accepts a graph output without a type and takes it from its own type
-inference when it resolves the graph.
+Exposed outputs are declared by name only (``numerics.with_outputs``): onnxruntime accepts a graph output
+without a type and takes it from its own type inference when it resolves the graph.
 
 Memory: every intermediate tensor of both models is held at once, so callers pass one small batch.
 """
@@ -30,7 +29,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from graphopt.validate.numerics import compare_tensor, run_model
+from graphopt.validate.numerics import compare_tensor, run_model, with_outputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,22 +85,8 @@ def compare_layers(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds
 
 
 def _with_node_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` whose graph outputs also list every top-level node output (typed where onnx's
-    shape inference knows the type, by name only otherwise)."""
-    exposed = onnx.shape_inference.infer_shapes(model)  # a new ModelProto: the copy we edit
-    known = {value.name: value for value in exposed.graph.value_info if _has_type(value)}
-    listed = {output.name for output in exposed.graph.output}
-    for node in model.graph.node:
-        for name in filter(None, node.output):
-            if name not in listed:
-                exposed.graph.output.append(known.get(name, onnx.ValueInfoProto(name=name)))
-    return exposed
-
-
-def _has_type(value: onnx.ValueInfoProto) -> bool:
-    """Whether shape inference found a usable type (a tensor type needs a defined element type)."""
-    kind = value.type.WhichOneof("value")
-    return kind is not None and (kind != "tensor_type" or value.type.tensor_type.elem_type != 0)
+    """A copy of ``model`` whose graph outputs also list every top-level node output."""
+    return with_outputs(model, (name for node in model.graph.node for name in node.output if name))
 
 
 def _both_tensors(reference: Any, candidate: Any) -> bool:

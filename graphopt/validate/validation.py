@@ -18,8 +18,9 @@ so timings are reproducible on shared machines):
   became int8 kernels (``placement.py``).
 
 Once, on the CPU: ``per_layer`` compares every intermediate tensor the two models share by name and names
-the first node whose output diverges (``per_layer.py``); a candidate with Q/DQ nodes is linted against
-TensorRT's explicit-quantization rules (``tensorrt_lint.py``). A provider this machine cannot run is
+the first node whose output diverges (``per_layer.py``); when ``tensorrt`` is among the providers (installed
+or not), a candidate with Q/DQ nodes is linted against TensorRT's explicit-quantization rules
+(``tensorrt_lint.py``). A provider this machine cannot run is
 reported as skipped, with the reason; with ``require_providers`` that is an error (``ValidationFailure``).
 Without data, inputs are generated from the declared shapes (``shapes`` fixes the symbolic ones) and the
 report says so.
@@ -168,7 +169,8 @@ def validate(
             if require_providers:
                 raise ValidationFailure(f"provider {name} is required but unavailable: {unavailable}") from None
             results.append(ProviderResult(name, skipped=str(unavailable)))
-    has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in cand.model.graph.node)
+    lint = "tensorrt" in names and any(n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                                       for n in cand.model.graph.node)
     return Validation(
         reference=ModelInfo.of(ref.model, ref.source if isinstance(ref.source, str) else None),
         candidate=ModelInfo.of(cand.model, cand.source if isinstance(cand.source, str) else None),
@@ -178,7 +180,7 @@ def validate(
         providers=tuple(results),
         per_layer=(compare_layers(ref.model, cand.model, _first_batch(dataset, batch_size), rtol, atol)
                    if per_layer else None),
-        tensorrt_lint=tuple(lint_tensorrt(cand.model)) if has_qdq else None,
+        tensorrt_lint=tuple(lint_tensorrt(cand.model)) if lint else None,
     )
 
 
