@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import math
-import sys
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -23,6 +21,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from graphopt.fidelity import export_with_gs
+from graphopt.rewrite import plain_raw_data
 
 logger = logging.getLogger(__name__)
 
@@ -153,28 +152,11 @@ def _forget(key: int) -> Callable[[weakref.ref], None]:
     return callback
 
 
-# Element types whose raw_data, read as the numpy dtype onnx maps them to, is what ``to_array`` decodes.
-_PLAIN_ELEMENT_TYPES = frozenset({
-    onnx.TensorProto.FLOAT, onnx.TensorProto.UINT8, onnx.TensorProto.INT8, onnx.TensorProto.UINT16,
-    onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64, onnx.TensorProto.BOOL,
-    onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64,
-    onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128,
-})
-
-
 def _raw_data_digest(values: LazyValues) -> bytes | None:
     """``array_digest(values.load())`` computed from the TensorProto's raw_data, or None where decoding
-    could give other bytes (other element types or encodings, a size that does not match the dims)."""
-    proto = values.tensor
-    if sys.byteorder != "little" or proto.data_type not in _PLAIN_ELEMENT_TYPES or not proto.HasField("raw_data") \
-            or proto.data_location == onnx.TensorProto.EXTERNAL:
-        return None
-    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(proto.data_type))
-    shape = tuple(int(d) for d in proto.dims)
-    raw = proto.raw_data
-    if len(raw) != math.prod(shape) * dtype.itemsize:
-        return None
-    return _digest_of(dtype, shape, raw)
+    could give other bytes (``graphopt.rewrite.plain_raw_data``)."""
+    plain = plain_raw_data(values.tensor)
+    return None if plain is None else _digest_of(*plain)
 
 
 def array_digest(array: np.ndarray) -> bytes:

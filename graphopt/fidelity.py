@@ -3,13 +3,16 @@
 ``import_graph(model)`` gives the passes a gs.Graph; ``export_model(graph, original)`` lets gs write the
 edited graph and then restores from ``original`` what gs cannot carry. Nothing is stashed between the two:
 every restoration is recomputed from ``original`` and matched to what the passes left behind (see Matching),
-so it stays right after passes edited the graph.
+so it stays right after passes edited the graph. Neither needs the values of the main graph's initializers
+from ``model``/``original``: they may be value-less stand-ins, with the values in separate TensorProtos
+(``import_graph(model, weights)``, see ``graphopt.model.SplitModel``).
 
 Import works on a copy of the model that holds no weights: the main graph's initializers are copied without
-their values, and gs's constants then read the original's TensorProtos, shared rather than copied (a model's
-weights are most of its bytes; copying them cost a full copy of the model in time and memory). gs writes into
-the TensorProtos it exports (it sets ``name`` on them), so export never hands gs a tensor that holds values
-(see below), and the shared TensorProtos are never written. The copy is sanitized first:
+their values, and gs's constants then read the original's TensorProtos (or ``weights``), shared rather than
+copied (a model's weights are most of its bytes; copying them cost a full copy of the model in time and
+memory). gs writes into the TensorProtos it exports (it sets ``name`` on them), so export never hands gs a
+tensor that holds values (see below), and the shared TensorProtos are never written. The copy is sanitized
+first:
 
 * attributes gs cannot hold are removed from the copy, and put back on their node at export: empty
   INTS/FLOATS/STRINGS (gs's export raises), STRING(S) that are not UTF-8 (gs's import raises), and TENSORS,
@@ -30,7 +33,9 @@ graph is left as it was afterwards. Then each placeholder in the exported model 
 constant's TensorProto, or with its array encoded by ``onnx.numpy_helper`` (named as gs named it). The result
 is what gs writes when handed those TensorProtos, without gs copying every weight twice (``make_graph`` and
 ``make_model`` each copy the graph) and without writing into the shared TensorProtos. Shape inference asks
-for large initializer values to be left out altogether (``values_up_to``).
+for large initializer values to be left out altogether (``values_up_to``). The last export of a graph
+(``release``) leaves each constant reading the TensorProto it was written to, so that what it read before (a
+numpy array, an input weight) is freed as the model is written, not after.
 
 After gs exported, ``export_model`` restores:
 
@@ -63,8 +68,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import math
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -85,11 +91,12 @@ _MODEL_FIELDS = ("producer_name", "producer_version", "domain", "model_version",
 # Import
 
 
-def import_graph(model: onnx.ModelProto) -> gs.Graph:
+def import_graph(model: onnx.ModelProto, weights: Sequence[onnx.TensorProto] | None = None) -> gs.Graph:
     """``model``'s graph as a gs.Graph, imported from a sanitized copy without weights (``model`` is left
-    untouched). The graph's constants read ``model``'s initializer TensorProtos, which are not copied: keep
-    ``model`` unchanged while the graph is in use."""
-    sanitized, weights = _copy_without_weights(model)
+    untouched). The graph's constants read the main graph's initializer TensorProtos, which are not copied:
+    ``weights[i]`` for initializer i when given (a model whose initializers are value-less stand-ins, see
+    ``graphopt.model.SplitModel``), else ``model``'s own. Keep them unchanged while the graph is in use."""
+    sanitized, weights = _copy_without_weights(model, weights)
     _strip_graph_for_gs(sanitized.graph)
     for function in sanitized.functions:
         _strip_nodes_for_gs(function.node)
@@ -105,20 +112,31 @@ _VALUE_FIELDS = frozenset({"raw_data", "float_data", "int32_data", "string_data"
                            "uint64_data"})
 
 
-def _copy_without_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[int, tuple]]:
+def _copy_without_weights(model: onnx.ModelProto,
+                          weights: Sequence[onnx.TensorProto] | None) -> tuple[onnx.ModelProto, dict[int, tuple]]:
     """A copy of ``model`` whose main-graph initializers have no values, and for each of those stand-ins (by
-    ``id``) the pair (stand-in, original TensorProto). Copied field by field: ``CopyFrom`` would copy the
-    weights too (upb copies deeply and has no way to copy a message while leaving some fields out)."""
+    ``id``) the pair (stand-in, the TensorProto that holds its values: ``weights[i]``, or else the model's own
+    initializer). Copied field by field: ``CopyFrom`` would copy the weights too (upb copies deeply and has no
+    way to copy a message while leaving some fields out); initializers that are stand-ins already (``weights``
+    given) are copied whole."""
     copy = onnx.ModelProto()
     copy_fields_except(copy, model, skip={"graph"})
     copy.graph.SetInParent()
     copy_fields_except(copy.graph, model.graph, skip={"initializer"})
-    weights = {}
-    for initializer in model.graph.initializer:
-        stand_in = copy.graph.initializer.add()
-        copy_fields_except(stand_in, initializer, skip=_VALUE_FIELDS)
-        weights[id(stand_in)] = (stand_in, initializer)  # the stand-in is kept alive, so its id stays its own
-    return copy, weights
+    if weights is None:
+        weights = model.graph.initializer
+        for initializer in weights:
+            copy_without_values(copy.graph.initializer.add(), initializer)
+    else:
+        copy.graph.initializer.extend(model.graph.initializer)
+    # the stand-ins are kept alive in the pairs, so their ids stay their own
+    pairs = {id(stand_in): (stand_in, weight) for stand_in, weight in zip(copy.graph.initializer, weights, strict=True)}
+    return copy, pairs
+
+
+def copy_without_values(target: onnx.TensorProto, source: onnx.TensorProto) -> None:
+    """Copy what describes ``source`` (name, element type, dims, ...) into ``target``, but not its values."""
+    copy_fields_except(target, source, skip=_VALUE_FIELDS)
 
 
 def copy_fields_except(target, source, skip) -> None:
@@ -225,9 +243,10 @@ def export_with_gs(graph: gs.Graph, *, values_up_to: int | None = None, release:
     module docstring); nothing is restored. For analyses that need the graph as a ModelProto.
 
     ``values_up_to``: main-graph initializers with more elements than this are written with their name,
-    element type and dims only (for shape inference, which needs no more). ``release``: constants that hold
-    numpy arrays are left reading the exported TensorProtos instead, so each array can be freed as soon as it
-    is written (for the last export of a graph: the graph then shares memory with the returned model).
+    element type and dims only (for shape inference, which needs no more). ``release``: every dense constant is
+    left reading its exported TensorProto instead, so that its numpy array, or the TensorProto it read, can be
+    freed as soon as it is written (for the last export of a graph: the graph then shares memory with the
+    returned model).
     """
     with _encoded_for_gs(graph) as placeholders:
         model = gs.export_onnx(graph, do_type_check=False)
@@ -308,7 +327,7 @@ def _fill_placeholders(model: onnx.ModelProto, placeholders: _Placeholders, valu
     handed the constant's TensorProto, or the array encoded by ``onnx.numpy_helper``, under gs's name."""
     if values_up_to is not None:
         for tensor in model.graph.initializer:
-            if np.prod(tensor.dims, dtype=np.int64) > values_up_to:
+            if math.prod(tensor.dims) > values_up_to:
                 _keep_only_type_and_dims(tensor)
     if not placeholders.sources:
         return
@@ -321,9 +340,9 @@ def _fill_placeholders(model: onnx.ModelProto, placeholders: _Placeholders, valu
         tensor.CopyFrom(source if isinstance(source, onnx.TensorProto)
                         else onnx.numpy_helper.from_array(source, constant.name))
         tensor.name = name
-        if release and not isinstance(source, onnx.TensorProto):
+        if release:
             constant._values = LazyValues(tensor)
-            placeholders.sources[index][1] = tensor  # the array is no longer referenced from here either
+            placeholders.sources[index][1] = tensor  # the values are no longer referenced from here either
 
 
 def _keep_only_type_and_dims(tensor: onnx.TensorProto) -> None:

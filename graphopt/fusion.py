@@ -11,7 +11,9 @@ The driver refuses, before asking the rule, any match whose intermediate tensors
 live consumers outside the match (a consumer no graph output depends on does not count: the pass's
 clean-up removes it), and any match whose weights (the constants the rule will modify, listed by the
 rule in ``Match.weights``) are shared with other nodes. It counts ``rewrites.<rule>`` and
-``skipped.<rule>.<reason>``, visits subgraphs, and runs clean-up and toposort once per pass.
+``skipped.<rule>.<reason>``, visits subgraphs, and runs clean-up and toposort once per pass. A weight that
+a rewrite left unread (no node reads it, no graph lists it as an input or output) lets go of its values at
+once (``graphopt.rewrite.release_values``), so that a model's replaced weights are not all held until the end.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import ClassVar
 import onnx_graphsurgeon as gs
 
 from graphopt.pass_base import Invariant, Pass, PassContext, PassResult
-from graphopt.rewrite import NameAllocator, all_graphs, is_standard_op
+from graphopt.rewrite import NameAllocator, all_graphs, is_standard_op, release_values
 
 
 @dataclasses.dataclass
@@ -128,6 +130,11 @@ def _outer_reads(node: gs.Node) -> list[gs.Tensor]:
     return reads
 
 
+def _unread(tensor: gs.Tensor, graphs: list[gs.Graph]) -> bool:
+    """True if no node reads ``tensor`` and none of ``graphs`` has it among its inputs or outputs."""
+    return not tensor.outputs and not any(t is tensor for g in graphs for t in (*g.inputs, *g.outputs))
+
+
 class FusionPass(Pass):
     """A pass that applies its ``rules`` to every node of the graph and its subgraphs, once."""
 
@@ -139,15 +146,17 @@ class FusionPass(Pass):
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         stats: collections.Counter[str] = collections.Counter()
         names = NameAllocator(graph)
-        for subgraph in list(all_graphs(graph)):
-            self._apply(subgraph, names, stats)
+        graphs = list(all_graphs(graph))
+        for subgraph in graphs:
+            self._apply(subgraph, names, stats, graphs)
         changed = any(key.startswith("rewrites.") for key in stats)
         if changed:
             graph.cleanup(remove_unused_graph_inputs=False)
             graph.toposort(recurse_functions=False, mode="nodes")
         return PassResult(changed, stats)
 
-    def _apply(self, graph: gs.Graph, names: NameAllocator, stats: collections.Counter[str]) -> None:
+    def _apply(self, graph: gs.Graph, names: NameAllocator, stats: collections.Counter[str],
+               graphs: list[gs.Graph]) -> None:
         consumed: set[int] = set()
         dead = dead_nodes(graph)
         for node in list(graph.nodes):
@@ -162,6 +171,9 @@ class FusionPass(Pass):
                     stats[f"skipped.{rule.name}.{reason}"] += 1
                     continue
                 rule.rewrite(match, graph, names)
+                for weight in match.weights:
+                    if _unread(weight, graphs):
+                        release_values(weight)
                 # removed nodes are gone; a node the rewrite kept (e.g. the Conv that absorbed a
                 # BatchNormalization) may start the next match in the same sweep
                 consumed.update(id(n) for n in match.nodes if not n.outputs)

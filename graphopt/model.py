@@ -12,6 +12,10 @@ and by loading it in onnxruntime's CPU provider, and only then renames it into p
 interrupted save leaves the previous file untouched (``OutputModelError``, exit code 3). Models over 2 GB
 are written with their weights in ``<file name>.data`` beside the model.
 
+``load_split`` loads the same model with each of its main graph's initializers parsed as a message of its
+own (``SplitModel``), so that the optimizer can free each weight as soon as it is no longer read instead of
+holding the whole input until the end; ``joined`` makes it one message again.
+
 ``to_graph`` and ``to_model`` import into and export from onnx-graphsurgeon without losing what gs drops or
 cannot represent (metadata, doc strings, value types, attribute kinds, ...); ``graphopt.fidelity`` lists
 each item and how it is restored, also after passes edited the graph.
@@ -19,6 +23,7 @@ each item and how it is restored, also after passes edited the graph.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -42,21 +47,59 @@ EXTERNAL_DATA_THRESHOLD = TWO_GB - 64 * 2**20
 _UNCHECKED = object()  # a checker verdict not asked for yet
 
 
+class SplitModel(NamedTuple):
+    """A model and the values of its main graph's initializers: ``weights[i]`` holds the values of
+    ``model.graph.initializer[i]``, or, when ``weights`` is None, the initializers hold their own values.
+
+    Loaded from a file or bytes (``load_split``), each weight is a message of its own and the model's
+    initializers are value-less stand-ins (see ``graphopt.fidelity.copy_without_values``): protobuf frees a
+    message's memory only with the whole message, so this is what lets each weight be freed as soon as nothing
+    reads it (a weight that a pass replaced, or that was copied into the optimized model) rather than with
+    the rest of the input model.
+    """
+
+    model: onnx.ModelProto
+    weights: list[onnx.TensorProto] | None
+
+
 def load(source: ModelSource) -> onnx.ModelProto:
     """Load and check a model from a path, bytes or a ModelProto (which is returned as is, after checks)."""
+    return _load(source, split=False).model
+
+
+def load_split(source: ModelSource) -> SplitModel:
+    """``load``, with the main graph's initializers parsed as messages of their own (see ``SplitModel``). A
+    ModelProto is returned as is (``weights`` None): its memory is its caller's. ``joined`` gives the whole
+    model back."""
+    return _load(source, split=True)
+
+
+def joined(loaded: SplitModel) -> onnx.ModelProto:
+    """The model with its initializers' values in it: ``loaded.model`` itself when they are there, else a
+    copy into which the weights are copied."""
+    if loaded.weights is None:
+        return loaded.model
+    model = onnx.ModelProto()
+    model.CopyFrom(loaded.model)
+    for initializer, weight in zip(model.graph.initializer, loaded.weights, strict=True):
+        initializer.CopyFrom(weight)
+    return model
+
+
+def _load(source: ModelSource, split: bool) -> SplitModel:
     if isinstance(source, onnx.ModelProto):
         _check_loaded(source, "the model")
-        return source
+        return SplitModel(source, None)
     if isinstance(source, (bytes, bytearray)):
         data = bytes(source)  # checked before it is parsed, as in _load_path
         verdict = _checker_verdict(data) if len(data) <= onnx.checker.MAXIMUM_PROTOBUF else _UNCHECKED
-        model = _parse(data, "the given bytes")
-        _check_loaded(model, "the given bytes", verdict)
-        return model
-    return _load_path(os.fspath(source))
+        loaded = _parse(data, "the given bytes", split)
+        _check_loaded(loaded.model, "the given bytes", verdict)
+        return _with_stand_ins(loaded)
+    return _load_path(os.fspath(source), split)
 
 
-def _load_path(path: str) -> onnx.ModelProto:
+def _load_path(path: str, split: bool) -> SplitModel:
     if not os.path.exists(path):
         raise ModelError(f"{path}: no such file")
     if os.path.isdir(path):
@@ -73,30 +116,57 @@ def _load_path(path: str) -> onnx.ModelProto:
     # which name a problem more precisely). Models with external data are checked from their path, where
     # the checker resolves the data's locations.
     verdict = _checker_verdict(data) if len(data) <= onnx.checker.MAXIMUM_PROTOBUF else _UNCHECKED
-    model = _parse(data, path)
+    loaded = _parse(data, path, split)
     del data
     base_dir = os.path.dirname(os.path.abspath(path))
-    _check_external_locations(model, base_dir, path)
-    if verdict is _UNCHECKED or _external_tensors(model):
+    external = [tensor for tensor in _all_tensors(loaded) if external_data_helper.uses_external_data(tensor)]
+    _check_external_locations(external, base_dir, path)
+    if verdict is _UNCHECKED or external:
         verdict = _checker_verdict(path)
-    _check_loaded(model, path, verdict)
+    _check_loaded(loaded.model, path, verdict)
     try:
-        external_data_helper.load_external_data_for_model(model, base_dir)
+        for tensor in external:
+            external_data_helper.load_external_data_for_tensor(tensor, base_dir)
     except (OSError, ValueError) as error:
         raise ModelError(f"{path}: cannot read its external data: {one_line(error)}") from error
-    return model
+    return _with_stand_ins(loaded)
 
 
-def _parse(data: bytes, name: str) -> onnx.ModelProto:
-    model = onnx.ModelProto()
+def _all_tensors(loaded: SplitModel) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto of the model (initializers, also of subgraphs, and tensor attributes) and its weights."""
+    yield from external_data_helper._get_all_tensors(loaded.model)
+    yield from loaded.weights or ()
+
+
+def _with_stand_ins(loaded: SplitModel) -> SplitModel:
+    """Give a split model's graph its value-less initializers, one per weight (after the weights' external data
+    was read, so that the stand-ins do not point at it)."""
+    for weight in loaded.weights or ():
+        fidelity.copy_without_values(loaded.model.graph.initializer.add(), weight)
+    return loaded
+
+
+def _parse(data: bytes, name: str, split: bool) -> SplitModel:
+    """``data`` parsed as a ModelProto; with ``split``, the main graph's initializers are parsed as messages
+    of their own and left out of the model (``_with_stand_ins`` adds their stand-ins). Bytes that are not a
+    sequence of well-formed fields are parsed whole, and the parser says what is wrong."""
+    layout = _initializer_layout(data) if split else None
     try:
-        model.ParseFromString(data)
+        if layout is None:
+            loaded = SplitModel(onnx.ModelProto.FromString(data), None)
+        else:
+            loaded = SplitModel(onnx.ModelProto(), [onnx.TensorProto.FromString(v) for v in layout.initializers])
+            for in_graph, piece in layout.pieces:
+                (loaded.model.graph if in_graph else loaded.model).MergeFromString(piece)
+            if layout.has_graph:
+                loaded.model.graph.SetInParent()
     except (DecodeError, RuntimeError, ValueError) as error:
         raise ModelError(f"{name}: not an ONNX model (does not parse as a protobuf ModelProto)") from error
+    model = loaded.model
     if model.ir_version <= 0 or not model.HasField("graph") or not model.opset_import:
         raise ModelError(f"{name}: not an ONNX model (no IR version, graph or opset import; "
                          f"is it another kind of file or protobuf message?)")
-    return model
+    return loaded
 
 
 def _checker_verdict(target: str | bytes | onnx.ModelProto) -> Exception | None:
@@ -120,14 +190,10 @@ def _check_loaded(model: onnx.ModelProto, name: str, verdict: Exception | None |
         raise ModelError(f"{name}: not a valid ONNX model: {one_line(verdict)}") from verdict
 
 
-def _external_tensors(model: onnx.ModelProto):
-    return [t for t in external_data_helper._get_all_tensors(model) if external_data_helper.uses_external_data(t)]
-
-
-def _check_external_locations(model: onnx.ModelProto, base_dir: str, name: str) -> None:
+def _check_external_locations(external: list[onnx.TensorProto], base_dir: str, name: str) -> None:
     """Refuse external data that is absolute, escapes ``base_dir`` (also through symlinks) or is missing."""
     real_base = os.path.realpath(base_dir)
-    for tensor in _external_tensors(model):
+    for tensor in external:
         location = external_data_helper.ExternalDataInfo(tensor).location
         target = os.path.realpath(os.path.join(base_dir, location))
         if os.path.isabs(location) or os.path.commonpath([real_base, target]) != real_base:
@@ -135,6 +201,91 @@ def _check_external_locations(model: onnx.ModelProto, base_dir: str, name: str) 
                              f"'{tensor.name}': it is outside the model's folder")
         if not os.path.isfile(target):
             raise ModelError(f"{name}: external data file {location!r} of tensor '{tensor.name}' is missing")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parsing a model with its initializers as messages of their own
+#
+# A serialized message is the concatenation of its fields, and parsing a concatenation is merging the parses
+# of its parts in order; a message field given as bytes is merged into that field. So a ModelProto parses to
+# the same message when its bytes are cut at field boundaries and merged piece by piece, with the fields of
+# its graph merged into its graph, and the graph's initializers can be parsed apart from the rest.
+
+
+_LENGTH_DELIMITED = 2  # wire type
+_FIXED_SIZES = {1: 8, 5: 4}  # wire types 64-bit and 32-bit
+
+
+class _Layout(NamedTuple):
+    pieces: list[tuple[bool, memoryview]]  # (fields of the graph?, serialized fields), in order
+    initializers: list[memoryview]  # the serialized TensorProtos of the main graph's initializers, in order
+    has_graph: bool
+
+
+def _initializer_layout(data: bytes) -> _Layout | None:
+    """``data`` cut into the main graph's initializers and the pieces around them (views, not copies); None if
+    it is not a sequence of well-formed fields."""
+    view = memoryview(data)
+    pieces: list[tuple[bool, int, int]] = []
+    initializers, has_graph = [], False
+    try:
+        for number, wire_type, start, payload, end in _fields(view, 0, len(view)):
+            if number != _GRAPH_FIELD.number or wire_type != _LENGTH_DELIMITED:
+                _add_piece(pieces, False, start, end)
+                continue
+            has_graph = True
+            for inner, inner_type, inner_start, inner_payload, inner_end in _fields(view, payload, end):
+                if inner == _INITIALIZER_FIELD.number and inner_type == _LENGTH_DELIMITED:
+                    initializers.append(view[inner_payload:inner_end])
+                else:
+                    _add_piece(pieces, True, inner_start, inner_end)
+    except ValueError:
+        return None
+    return _Layout([(in_graph, view[start:end]) for in_graph, start, end in pieces], initializers, has_graph)
+
+
+def _add_piece(pieces: list[tuple[bool, int, int]], in_graph: bool, start: int, end: int) -> None:
+    """Append the field at [start, end) to ``pieces``, joined to the last piece when it directly follows it."""
+    if pieces and pieces[-1][0] == in_graph and pieces[-1][2] == start:
+        pieces[-1] = (in_graph, pieces[-1][1], end)
+    else:
+        pieces.append((in_graph, start, end))
+
+
+def _fields(view: memoryview, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
+    """(field number, wire type, start, start of the payload, end) of each field in ``view[start:end]``.
+    ValueError for anything but well-formed varint, 64-bit, length-delimited and 32-bit fields."""
+    position = start
+    while position < end:
+        tag, payload = _read_varint(view, position)
+        number, wire_type = tag >> 3, tag & 7
+        if wire_type == 0:
+            stop = _read_varint(view, payload)[1]
+        elif wire_type == _LENGTH_DELIMITED:
+            length, payload = _read_varint(view, payload)
+            stop = payload + length
+        elif wire_type in _FIXED_SIZES:
+            stop = payload + _FIXED_SIZES[wire_type]
+        else:
+            raise ValueError(f"wire type {wire_type}")
+        if number == 0 or stop > end:
+            raise ValueError("field out of bounds")
+        yield number, wire_type, position, payload, stop
+        position = stop
+
+
+def _read_varint(view: memoryview, position: int) -> tuple[int, int]:
+    """The varint at ``position`` and the position after it."""
+    value = 0
+    for shift in range(0, 70, 7):
+        if position >= len(view):
+            break
+        byte = view[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, position
+    raise ValueError("truncated or overlong varint")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -230,16 +381,34 @@ def _serialized_chunks(model: onnx.ModelProto) -> Iterator[bytes]:
     yield pieces.after_graph.SerializeToString()
 
 
-def serialized_size(model: onnx.ModelProto) -> int:
-    """``model.ByteSize()``, computed a piece at a time (see above: upb computes ByteSize by serializing)."""
+def serialized_size(model: onnx.ModelProto, weights: Sequence[onnx.TensorProto] | None = None) -> int:
+    """``model.ByteSize()``, computed a piece at a time (see above: upb computes ByteSize by serializing). With
+    ``weights`` (see ``SplitModel``), the size of the model with their values in its initializers."""
     pieces = _pieces(model)
     if pieces is None:
-        return model.ByteSize()
+        return model.ByteSize() if weights is None else joined(SplitModel(model, list(weights))).ByteSize()
     size = pieces.before_graph.ByteSize() + pieces.after_graph.ByteSize()
     if model.HasField("graph"):
-        graph_size = _graph_size(pieces, [initializer.ByteSize() for initializer in pieces.initializers])
+        initializers = pieces.initializers if weights is None else weights
+        graph_size = _graph_size(pieces, [_tensor_size(initializer) for initializer in initializers])
         size += len(_field_header(_GRAPH_FIELD, graph_size)) + graph_size
     return size
+
+
+_RAW_DATA_FIELD = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"]
+_SERIALIZED_UP_TO = 2**16  # elements: a larger tensor's raw_data is measured rather than serialized
+
+
+def _tensor_size(tensor: onnx.TensorProto) -> int:
+    """``tensor.ByteSize()``; for a large tensor with raw_data, without serializing it (upb would copy it twice,
+    into an encoding and into bytes): the size of its other fields plus raw_data's header and length."""
+    if (not tensor.HasField("raw_data") or math.prod(tensor.dims) <= _SERIALIZED_UP_TO
+            or unknown_fields.UnknownFieldSet(tensor)):  # unknown fields are not copied field by field
+        return tensor.ByteSize()
+    others = onnx.TensorProto()
+    fidelity.copy_fields_except(others, tensor, skip={_RAW_DATA_FIELD.name})
+    length = len(tensor.raw_data)
+    return others.ByteSize() + len(_field_header(_RAW_DATA_FIELD, length)) + length
 
 
 def _graph_size(pieces: _Pieces, initializer_sizes: list[int]) -> int:
@@ -300,18 +469,19 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 # onnx-graphsurgeon import and export
 
 
-def to_graph(model: onnx.ModelProto) -> gs.Graph:
+def to_graph(model: onnx.ModelProto, weights: Sequence[onnx.TensorProto] | None = None) -> gs.Graph:
     """The model's graph as a gs.Graph, imported from a copy (``model`` is never modified); see
-    ``graphopt.fidelity`` for what is set aside for gs and restored by ``to_model``."""
+    ``graphopt.fidelity`` for what is set aside for gs and restored by ``to_model``. ``weights``: the values
+    of the initializers, when the model does not hold them (see ``SplitModel``)."""
     try:
-        return fidelity.import_graph(model)
+        return fidelity.import_graph(model, weights)
     except Exception as error:  # gs raises bare exceptions for graphs it cannot represent
         raise ModelError(f"cannot import the model's graph: {one_line(error)}") from error
 
 
 def to_model(graph: gs.Graph, original: onnx.ModelProto, *, release: bool = False) -> onnx.ModelProto:
     """Export ``graph`` and restore from ``original`` what gs does not carry (see ``graphopt.fidelity``);
-    ``original`` is the model ``graph`` was imported from. ``release``: for the graph's last export, let
-    its constants read the exported tensors, so that the numpy arrays passes made can be freed while the
-    model is written."""
+    ``original`` is the model ``graph`` was imported from (its initializers' values are not needed).
+    ``release``: for the graph's last export, let its constants read the exported tensors, so that the numpy
+    arrays passes made, and the weights of a split model, can be freed while the model is written."""
     return fidelity.export_model(graph, original, release=release)

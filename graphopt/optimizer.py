@@ -6,6 +6,7 @@ Returns ``OptimizeResult(model, report)`` (a named tuple: ``model, report = grap
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import time
@@ -82,10 +83,15 @@ def optimize(
     input_path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
     if output is not None:
         _check_output_path(input_path, os.fspath(output), in_place)
-    original = model_io.load(model)
-    input_stats = ModelStats.of(original, input_path)
+    # The input's weights are messages of their own (``SplitModel``): each is freed once the graph no longer
+    # reads it (replaced by a pass, or copied into the optimized model), not only with the whole input.
+    original, weights = model_io.load_split(model)
+    input_stats = dataclasses.replace(ModelStats.of(original, input_path),
+                                      bytes=model_io.serialized_size(original, weights))
     dataset = load_data(data, original) if data is not None else None
-    graph = model_io.to_graph(original)
+    reference = model_io.joined(model_io.SplitModel(original, weights)) if validate_each else None
+    graph = model_io.to_graph(original, weights)
+    del weights
 
     def export(g):
         return model_io.to_model(g, original)
@@ -98,42 +104,36 @@ def optimize(
         ctx.instruments.append(ProgressCallback(progress))
     if dump_dir:
         ctx.instruments.append(DumpAfterPass(dump_dir, export))
-    if validate_each:
-        ctx.instruments.append(_validate_each(original, dataset, export, rtol, atol))
+    if reference is not None:
+        ctx.instruments.append(_validate_each(reference, dataset, export, rtol, atol))
+        del reference
     try:
         result = run_pass(pipeline, graph, ctx)
-        # What passes cut out of the graph (replaced constants, with any values they decoded) sits in
-        # reference cycles (gs's nodes and tensors point at each other), which only a full collection frees;
-        # on a large model the cycle collector may never run one by itself. Free it before the model is
-        # written; the constants that passes computed are then freed as they are written (``release``).
-        collect = input_stats.bytes >= _COLLECT_FROM_BYTES
-        if collect:
+        # What passes cut out of the graph (replaced constants, with the weights they read) sits in reference
+        # cycles (gs's nodes and tensors point at each other), which only a full collection frees; on a large
+        # model the cycle collector may never run one by itself. Free it before the model is written; each
+        # constant left is let go of as it is written (``release``: the graph then reads the optimized model).
+        if input_stats.bytes >= _COLLECT_FROM_BYTES:
             gc.collect()
         optimized = model_io.to_model(graph, original, release=True)
         # Sizing the result and saving it (the checker and onnxruntime each load a copy) need memory: let go
-        # of the graph and of the input model (its weights) first; a reproducer reads the input file again.
+        # of the graph and of the input model (neither holds weights any more) first.
         del graph
+        original = None
         ctx.analyses.invalidate()
-        if (reproducer_dir is None and not validate) or input_path is not None:
-            original = None
-        if collect:
-            gc.collect()
         output_stats = ModelStats.of(optimized, os.fspath(output) if output is not None else None)
-        validation = (_validation(input_path or original, optimized, data, dataset, rtol, atol)
-                      if validate else None)
+        validation = _validation(model, optimized, data, dataset, rtol, atol) if validate else None
         if output is not None:
             model_io.save(optimized, output)
     except (PassError, OutputModelError) as error:
-        source = original if original is not None else input_path
-        replacement = _with_reproducer(error, source, pipeline_text, reproducer_dir)
+        replacement = _with_reproducer(error, model, pipeline_text, reproducer_dir)
         if replacement is error:
             raise
         raise replacement from error.__cause__ or error
     except GraphoptError:
         raise
     except Exception as error:
-        source = original if original is not None else input_path
-        raise _with_reproducer(OutputModelError(f"exporting the optimized graph failed: {error}"), source,
+        raise _with_reproducer(OutputModelError(f"exporting the optimized graph failed: {error}"), model,
                                pipeline_text, reproducer_dir) from error
     report = Report(
         pipeline=pipeline_text,
@@ -173,15 +173,13 @@ def _validation(original: model_io.ModelSource, optimized: onnx.ModelProto, data
     return validation
 
 
-def _with_reproducer(error: GraphoptError, original: onnx.ModelProto | str, pipeline_text: str,
+def _with_reproducer(error: GraphoptError, source: model_io.ModelSource, pipeline_text: str,
                      directory: str | None) -> GraphoptError:
-    """``error`` naming the reproducer written into ``directory`` (if given). ``original``: the input
-    model, or the path it was loaded from (read again here: it was let go of before saving)."""
+    """``error`` naming the reproducer written into ``directory`` (if given). ``source``: what the input model
+    was loaded from (loaded again here: the optimizer lets go of the input's weights as it goes)."""
     if directory is None:
         return error
-    if not isinstance(original, onnx.ModelProto):
-        original = model_io.load(original)
-    path = write_reproducer(directory, original, pipeline_text, error)
+    path = write_reproducer(directory, model_io.load(source), pipeline_text, error)
     if isinstance(error, PassError):
         return PassError(error.detail, pass_path=error.pass_path, history=error.history,
                          reproducer=path)

@@ -1,13 +1,17 @@
-"""Graph-editing primitives that passes share: walking subgraphs and bypassing a node whose output equals one
-of its inputs. Each keeps the graph's interface (input and output names) intact.
+"""Graph-editing primitives that passes share: walking subgraphs, bypassing a node whose output equals one
+of its inputs, reading constants. Each keeps the graph's interface (input and output names) intact.
 """
 
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Iterator
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 
 def all_graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
@@ -105,3 +109,60 @@ def constant_value(tensor: gs.Tensor | None) -> np.ndarray | None:
         if attribute in node.attrs:
             return np.asarray(node.attrs[attribute], dtype)
     return None
+
+
+def release_values(constant: gs.Constant) -> None:
+    """Give a constant that nothing reads any more a stand-in for its values: the same element type and shape,
+    no values (reading them raises). gs's tensors live on in reference cycles until a full garbage collection,
+    so a weight that a rewrite replaced would otherwise stay in memory with its constant until then. Sparse and
+    string values are left to the collector."""
+    values = constant._values
+    if type(values) is LazyValues:  # dense, read from a TensorProto
+        data_type = values.tensor.data_type
+    elif isinstance(values, np.ndarray) and values.dtype.kind in "biufc":
+        data_type = onnx.helper.np_dtype_to_tensor_dtype(values.dtype)
+    else:
+        return
+    constant._values = LazyValues(onnx.TensorProto(name=constant.name, data_type=data_type, dims=constant.shape))
+
+
+def constant_array(tensor: gs.Constant) -> np.ndarray:
+    """The constant's values, decoded without caching them in the gs tensor; treat the array as read-only.
+
+    ``tensor.values`` keeps what it decodes for as long as the tensor lives, and a constant a rewrite replaced
+    lives on in gs's reference cycles until a full garbage collection: reading weights through ``values``
+    would hold a decoded copy of each weight it replaced. Plain tensors are read straight from their
+    ``raw_data`` (``plain_raw_data``): one copy of the bytes, where gs's decoder makes two.
+    """
+    values = tensor._values  # gs's private field: reading ``values`` would cache the decoded array
+    if not isinstance(values, LazyValues):
+        return np.asarray(values)
+    plain = plain_raw_data(values.tensor) if type(values) is LazyValues else None  # not SparseValues
+    if plain is None:
+        return values.load()
+    dtype, shape, raw = plain
+    return np.frombuffer(raw, dtype).reshape(shape)
+
+
+# Element types whose raw_data, read as the numpy dtype onnx maps them to, is what ``to_array`` decodes.
+_PLAIN_ELEMENT_TYPES = frozenset({
+    onnx.TensorProto.FLOAT, onnx.TensorProto.UINT8, onnx.TensorProto.INT8, onnx.TensorProto.UINT16,
+    onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64, onnx.TensorProto.BOOL,
+    onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64,
+    onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128,
+})
+
+
+def plain_raw_data(proto: onnx.TensorProto) -> tuple[np.dtype, tuple[int, ...], bytes] | None:
+    """(dtype, shape, raw_data) of a tensor whose ``raw_data``, read as that dtype and shape, is exactly what
+    ``onnx.numpy_helper.to_array`` decodes; None where decoding could give something else (other element
+    types or encodings, external data, a size that does not match the dims, a big-endian machine)."""
+    if sys.byteorder != "little" or proto.data_type not in _PLAIN_ELEMENT_TYPES or not proto.HasField("raw_data") \
+            or proto.data_location == onnx.TensorProto.EXTERNAL:
+        return None
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(proto.data_type))
+    shape = tuple(int(d) for d in proto.dims)
+    raw = proto.raw_data
+    if len(raw) != math.prod(shape) * dtype.itemsize:
+        return None
+    return dtype, shape, raw

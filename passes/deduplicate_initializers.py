@@ -28,6 +28,7 @@ eliminate-common-subexpressions.
 from __future__ import annotations
 
 import collections
+import functools
 from collections.abc import Iterator
 
 import numpy as np
@@ -37,6 +38,7 @@ from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 from graphopt.analysis import constant_digest
 from graphopt.pass_base import Invariant, Pass, PassContext, PassResult
+from graphopt.rewrite import constant_array
 
 
 def element_type(tensor: gs.Constant) -> int | str:
@@ -54,13 +56,6 @@ def element_type(tensor: gs.Constant) -> int | str:
 
 def is_dense(tensor: gs.Constant) -> bool:
     return not isinstance(tensor._values, SparseValues)
-
-
-def constant_array(tensor: gs.Constant) -> np.ndarray:
-    """The constant's values, decoded from its TensorProto without caching them in the gs tensor."""
-    if isinstance(tensor._values, LazyValues):
-        return tensor._values.load()
-    return np.asarray(tensor._values)
 
 
 def constant_bytes(tensor: gs.Constant) -> bytes:
@@ -81,14 +76,23 @@ def _header(tensor: gs.Constant) -> tuple:
     """Element type, the dtype of the values as decoded (they differ when gs converts on export), shape. The
     same whether or not gs has decoded the values yet."""
     written = element_type(tensor)
-    if isinstance(tensor._values, np.ndarray):
-        decoded = str(tensor._values.dtype)
-    else:
-        try:
-            decoded = str(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(written)))
-        except (KeyError, TypeError, ValueError):
-            decoded = str(written)
+    values = tensor._values
+    decoded = _dtype_name(values.dtype) if isinstance(values, np.ndarray) else _decoded_name(written)
     return written, decoded, tuple(int(d) for d in tensor.shape)
+
+
+@functools.cache
+def _dtype_name(dtype: np.dtype) -> str:
+    return str(dtype)  # numpy builds the name anew on every call
+
+
+@functools.cache
+def _decoded_name(written: int | str) -> str:
+    """The name of the dtype gs decodes an element type to (the element type itself where numpy has none)."""
+    try:
+        return _dtype_name(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(written)))
+    except (KeyError, TypeError, ValueError):
+        return str(written)
 
 
 def _digest(tensor: gs.Constant) -> bytes:

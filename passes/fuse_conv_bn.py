@@ -8,8 +8,9 @@ output-channel position, the BatchNormalization is absorbed:
 Output channel c is axis 0 of a Conv weight [C_out, C_in/g, k...]; for ConvTranspose (weight
 [C_in, C_out/g, k...]) it is index (i // (C_in/g)) * (C_out/g) + j of weight [i, j]; for Gemm it is column c
 of B (row c when transB=1); for MatMul with a constant 2-D weight [K, N] and a rank-2 output it is column c,
-and the pair becomes a Gemm with bias. The new weights are computed in float64 and stored in the weight's
-dtype.
+and the pair becomes a Gemm with bias. s and b' are computed in float64; each element of W' is the float64
+product of W[c] and s[c], rounded once to the weight's dtype (no float64 copy of the weight is made: numpy
+multiplies in float64 and casts into the result a buffer at a time). The bias is stored in the weight's dtype.
 
 Declines (``skipped.conv_bn.<reason>``): weights or BatchNormalization parameters not constant; a float type
 other than float32/float64; BatchNormalization in training mode or with its running statistics used, or
@@ -26,7 +27,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt.fusion import FusionPass, FusionRule, Match
-from graphopt.rewrite import NameAllocator, remove_node
+from graphopt.rewrite import NameAllocator, constant_array, remove_node
 
 _FLOATS = (np.float32, np.float64)
 
@@ -53,25 +54,23 @@ class ConvBatchNormRule(FusionRule):
             return "bn_params_not_constant"
         if norm.attrs.get("training_mode", 0) or any(t.name for t in norm.outputs[1:]):
             return "bn_training_mode"
-        if any(np.ndim(t.values) != 1 for t in norm.inputs[1:5]):  # spatial=0 in opset < 9
+        if any(len(t.shape) != 1 for t in norm.inputs[1:5]):  # spatial=0 in opset < 9
             return "bn_params_not_per_channel"
-        if np.dtype(layer.inputs[1].values.dtype).type not in _FLOATS:
+        if not any(layer.inputs[1].dtype == dtype for dtype in _FLOATS):
             return "unsupported_dtype"
         return _check_layer(layer, norm)
 
     def rewrite(self, match: Match, graph: gs.Graph, names: NameAllocator) -> None:
         layer, norm = match.nodes
-        gamma, beta, mean, var = (np.asarray(t.values, np.float64) for t in norm.inputs[1:5])
+        gamma, beta, mean, var = (constant_array(t).astype(np.float64) for t in norm.inputs[1:5])
         scale = gamma / np.sqrt(var + norm.attrs.get("epsilon", 1e-5))
         weight = layer.inputs[1]
-        dtype = weight.values.dtype
-        w = np.asarray(weight.values, np.float64)
-        old_bias = np.asarray(layer.inputs[2].values, np.float64) if len(layer.inputs) > 2 and layer.inputs[2].name \
-            else np.zeros_like(scale)
-        new_weight = _scale_output_channels(layer, w, scale)
+        has_bias = len(layer.inputs) > 2 and layer.inputs[2].name
+        old_bias = constant_array(layer.inputs[2]).astype(np.float64) if has_bias else np.zeros_like(scale)
+        new_weight = scale_output_channels(layer, constant_array(weight), scale)
         new_bias = scale * (old_bias - mean) + beta
-        layer.inputs[1] = gs.Constant(names.fresh(f"{weight.name}_bn"), new_weight.astype(dtype))
-        bias = gs.Constant(names.fresh(f"{norm.outputs[0].name}_bias"), new_bias.astype(dtype))
+        layer.inputs[1] = gs.Constant(names.fresh(f"{weight.name}_bn"), new_weight)
+        bias = gs.Constant(names.fresh(f"{norm.outputs[0].name}_bias"), new_bias.astype(new_weight.dtype))
         if layer.op == "MatMul":
             layer.op, layer.attrs = "Gemm", {}
         if len(layer.inputs) > 2:
@@ -83,16 +82,16 @@ class ConvBatchNormRule(FusionRule):
 
 
 def _check_layer(layer: gs.Node, norm: gs.Node) -> str | None:
-    weight = layer.inputs[1].values
+    shape = tuple(layer.inputs[1].shape)
     if layer.op in ("Conv", "ConvTranspose"):
-        return None if weight.ndim >= 3 else "weight_rank"
-    if weight.ndim != 2:
+        return None if len(shape) >= 3 else "weight_rank"
+    if len(shape) != 2:
         return "weight_rank"
     if layer.op == "Gemm":
         if layer.attrs.get("alpha", 1.0) != 1.0 or layer.attrs.get("beta", 1.0) != 1.0 or layer.attrs.get("transA", 0):
             return "gemm_attributes"
-        columns = weight.shape[0] if layer.attrs.get("transB", 0) else weight.shape[1]
-        if len(layer.inputs) > 2 and layer.inputs[2].name and np.shape(layer.inputs[2].values) != (columns,):
+        columns = shape[0] if layer.attrs.get("transB", 0) else shape[1]
+        if len(layer.inputs) > 2 and layer.inputs[2].name and tuple(layer.inputs[2].shape) != (columns,):
             return "gemm_bias_not_vector"
         return None
     data = layer.inputs[0]
@@ -101,17 +100,29 @@ def _check_layer(layer: gs.Node, norm: gs.Node) -> str | None:
     return None
 
 
-def _scale_output_channels(layer: gs.Node, weight: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def scale_output_channels(layer: gs.Node, weight: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``weight`` of ``layer`` (Conv, ConvTranspose, Gemm or MatMul) with output channel c multiplied by the
+    float64 ``scale[c]``: each product computed in float64 and rounded once to the weight's dtype, without a
+    float64 copy of the weight. The weight is viewed as rows whose last axis is long and contiguous, so that
+    numpy's inner loop runs over whole rows rather than over kernel positions."""
+    rows, factors = _channel_rows(layer, weight, scale)
+    result = np.empty(weight.shape, weight.dtype)
+    np.multiply(rows, factors, out=result.reshape(rows.shape), dtype=np.float64, casting="unsafe")
+    return result
+
+
+def _channel_rows(layer: gs.Node, weight: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``weight`` reshaped (a view) and ``scale`` laid out so that they broadcast channel against channel."""
     if layer.op == "Conv":
-        return weight * scale.reshape(-1, *[1] * (weight.ndim - 1))
-    if layer.op == "ConvTranspose":
+        return weight.reshape(weight.shape[0], -1), scale[:, None]
+    if layer.op == "ConvTranspose":  # weight [C_in, C_out/g, k...]: input i of group i // (C_in/g)
         group = layer.attrs.get("group", 1)
         in_per_group, out_per_group = weight.shape[0] // group, weight.shape[1]
         per_input = scale.reshape(group, 1, out_per_group).repeat(in_per_group, axis=1).reshape(-1, out_per_group)
-        return weight * per_input.reshape(*per_input.shape, *[1] * (weight.ndim - 2))
+        return weight.reshape(*weight.shape[:2], -1), per_input[:, :, None]
     if layer.op == "Gemm" and layer.attrs.get("transB", 0):
-        return weight * scale[:, None]
-    return weight * scale[None, :]
+        return weight, scale[:, None]
+    return weight, scale[None, :]
 
 
 class FuseConvBatchNorm(FusionPass):

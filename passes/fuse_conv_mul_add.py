@@ -6,7 +6,8 @@ per-channel constant step keeps it of that form:
     y * s  ->  W'[c] = s[c] W[c],   b'[c] = s[c] b[c]          y / d  ->  the same with s = 1 / d
     y + a  ->  b'[c] = b[c] + a[c]                              y - a  ->  b'[c] = b[c] - a[c]
 (Mul and Add in either operand order; Sub and Div only with the Conv side first). The new weight and bias
-are computed in float64 and stored in the weight's dtype.
+are computed in float64 and stored in the weight's dtype (the weight without a float64 copy of it, as in
+fuse-conv-bn: ``passes.fuse_conv_bn.scale_output_channels``).
 Output channel c is axis 0 of a Conv weight [C_out, C_in/g, k...]; for ConvTranspose (weight
 [C_in, C_out/g, k...]) it is index (i // (C_in/g)) * (C_out/g) + j of weight [i, j]. A constant is
 per-channel when, right-aligned on the output rank r (the weight's rank), it is [1, C or 1, 1, ...]: a
@@ -33,7 +34,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphopt.fusion import FusionPass, FusionRule, Match, producer
-from graphopt.rewrite import NameAllocator, constant_value, is_standard_op, remove_node
+from graphopt.rewrite import NameAllocator, constant_array, constant_value, is_standard_op, remove_node
+from passes.fuse_conv_bn import scale_output_channels
 
 _FLOATS = (np.float32, np.float64)
 _LAYERS = ("Conv", "ConvTranspose")
@@ -62,9 +64,9 @@ def _operand(step: gs.Node, layer_output: gs.Tensor) -> gs.Tensor:
 def _layer_geometry(layer: gs.Node) -> tuple[int, int] | None:
     """(output channels, output rank) from a constant weight, or None."""
     weight = layer.inputs[1] if len(layer.inputs) > 1 else None
-    if not isinstance(weight, gs.Constant) or weight.values.ndim < 3:
+    if not isinstance(weight, gs.Constant) or len(weight.shape) < 3:
         return None
-    shape = weight.values.shape
+    shape = tuple(weight.shape)
     channels = shape[0] if layer.op == "Conv" else shape[1] * layer.attrs.get("group", 1)
     return channels, len(shape)
 
@@ -115,7 +117,7 @@ class ConvMulAddRule(FusionRule):
             return "weight_not_constant"
         if len(layer.inputs) > 2 and layer.inputs[2].name and not isinstance(layer.inputs[2], gs.Constant):
             return "bias_not_constant"
-        if np.dtype(layer.inputs[1].values.dtype).type not in _FLOATS:
+        if not any(layer.inputs[1].dtype == dtype for dtype in _FLOATS):
             return "unsupported_dtype"
         return _step_reason(match.last, layer.outputs[0], *geometry)
 
@@ -123,14 +125,14 @@ class ConvMulAddRule(FusionRule):
         layer, step = match.nodes
         channels, rank = _layer_geometry(layer)
         weight = layer.inputs[1]
-        dtype = weight.values.dtype
+        dtype = weight.dtype
         has_bias = len(layer.inputs) > 2 and layer.inputs[2].name
-        bias = np.asarray(layer.inputs[2].values, np.float64) if has_bias else np.zeros(channels)
+        bias = constant_array(layer.inputs[2]).astype(np.float64) if has_bias else np.zeros(channels)
         vector = _per_channel(constant_value(_operand(step, layer.outputs[0])), channels, rank)
         scale = {"Mul": vector, "Div": 1.0 / vector}.get(step.op)
         if scale is not None:
-            new_weight = _scale_output_channels(layer, np.asarray(weight.values, np.float64), scale)
-            layer.inputs[1] = gs.Constant(names.fresh(f"{weight.name}_scaled"), new_weight.astype(dtype))
+            new_weight = scale_output_channels(layer, constant_array(weight), scale)
+            layer.inputs[1] = gs.Constant(names.fresh(f"{weight.name}_scaled"), new_weight)
             bias = bias * scale
         else:
             bias = bias + vector if step.op == "Add" else bias - vector
@@ -141,15 +143,6 @@ class ConvMulAddRule(FusionRule):
             layer.inputs.append(new_bias)
         layer.outputs[0] = step.outputs[0]
         remove_node(graph, step)
-
-
-def _scale_output_channels(layer: gs.Node, weight: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    if layer.op == "Conv":
-        return weight * scale.reshape(-1, *[1] * (weight.ndim - 1))
-    group = layer.attrs.get("group", 1)
-    in_per_group, out_per_group = weight.shape[0] // group, weight.shape[1]
-    per_input = scale.reshape(group, 1, out_per_group).repeat(in_per_group, axis=1).reshape(-1, out_per_group)
-    return weight * per_input.reshape(*per_input.shape, *[1] * (weight.ndim - 2))
 
 
 class FuseConvMulAdd(FusionPass):

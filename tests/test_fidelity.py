@@ -18,7 +18,7 @@ from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 import graphopt
 from graphopt.fidelity import export_with_gs
-from graphopt.model import to_graph, to_model
+from graphopt.model import load_split, to_graph, to_model
 from graphopt.pass_base import Invariant, Pass, PassResult
 
 FLOAT2 = [2]
@@ -495,3 +495,34 @@ def test_round_trip_of_a_model_gs_cannot_hold_is_byte_identical():
     add_prop(model.metadata_props, "k", "v")
     add_prop(model.graph.metadata_props, "gk", "gv")
     assert round_trip(model).SerializeToString() == model.SerializeToString()
+
+
+def _weighted_with_subgraph() -> onnx.ModelProto:
+    """Main-graph weights (one read inside an If branch) and a branch initializer of its own."""
+    branch = helper.make_graph([helper.make_node("Mul", ["t", "w"], ["b_out"]),
+                                helper.make_node("Add", ["b_out", "c"], ["b_y"])], "branch", [], [value("b_y")],
+                               [numpy_helper.from_array(np.full(2, 0.5, np.float32), "c")])
+    nodes = identity_first(helper.make_node("Add", ["t", "v"], ["u"]),
+                           helper.make_node("If", ["flag"], ["y"], then_branch=branch, else_branch=branch))
+    weights = [numpy_helper.from_array(np.array([1.5, -2], np.float32), name) for name in ("w", "v")]
+    return model_of(nodes, [value("x"), value("flag", TensorProto.BOOL, [])], [value("y"), value("u")],
+                    initializers=weights)
+
+
+def test_a_split_model_exports_what_the_whole_model_exports():
+    model = _weighted_with_subgraph()
+    split = load_split(model.SerializeToString())
+    assert to_model(to_graph(*split), split.model).SerializeToString() == round_trip(model).SerializeToString()
+
+
+def test_the_last_export_lets_go_of_the_input_weights():
+    model = _weighted_with_subgraph()
+    split = load_split(model.SerializeToString())
+    graph = to_graph(*split)
+    exported = to_model(graph, split.model, release=True)
+    read = [t._values.tensor for g in graph.subgraphs(recursive=True) for t in g.tensors().values()
+            if isinstance(t, gs.Constant)] + [t._values.tensor for t in graph.tensors().values()
+                                             if isinstance(t, gs.Constant)]
+    assert not any(tensor is weight for tensor in read for weight in split.weights)
+    assert {t.name for t in read} == {"w", "v", "c"}
+    assert exported.SerializeToString() == round_trip(model).SerializeToString()

@@ -8,10 +8,15 @@ import conftest
 import numpy as np
 import onnx
 import onnx.helper as oh
+import onnx_graphsurgeon as gs
 import pytest
 from conftest import op_counts, random_feeds, total_stats
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 import graphopt
+from graphopt.analysis import AnalysisCache
+from graphopt.model import to_graph
+from graphopt.pass_base import PassContext
 from passes.fuse_conv_bn import FuseConvBatchNorm
 
 RNG = np.random.default_rng(0)
@@ -124,3 +129,83 @@ def test_second_run_changes_nothing():
     once, _ = run(conv_bn())
     _, report = run(once)
     assert not report.passes[0].changed
+
+
+def _reference_fold(model: onnx.ModelProto) -> tuple[np.ndarray, np.ndarray]:
+    """The folded weight and bias computed independently: s, b' and every product W[c] * s[c] in float64, each
+    rounded once to float32 (what the pass has always stored)."""
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    layer = model.graph.node[0]
+    gamma, beta, mean, var = (inits[f"bn_{p}"].astype(np.float64) for p in ("gamma", "beta", "mean", "var"))
+    scale = gamma / np.sqrt(var + 1e-5)
+    weight = inits[layer.input[1]].astype(np.float64)
+    bias = inits[layer.input[2]].astype(np.float64) if len(layer.input) > 2 else np.zeros_like(scale)
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in layer.attribute}
+    if layer.op_type == "Conv":
+        channel = np.arange(weight.shape[0]).reshape(-1, *[1] * (weight.ndim - 1))
+    elif layer.op_type == "ConvTranspose":  # weight [C_in, C_out/g, k...]
+        in_per_group = weight.shape[0] // attrs.get("group", 1)
+        i, j = np.indices(weight.shape[:2])
+        channel = ((i // in_per_group) * weight.shape[1] + j).reshape(*weight.shape[:2], *[1] * (weight.ndim - 2))
+    elif attrs.get("transB", 0):
+        channel = np.arange(weight.shape[0])[:, None]
+    else:
+        channel = np.arange(weight.shape[1])[None, :]
+    return (weight * scale[channel]).astype(np.float32), (scale * (bias - mean) + beta).astype(np.float32)
+
+
+def _conv_transpose_bn(group):
+    weight = RNG.standard_normal((4, 8 // group, 3, 3)).astype(np.float32)
+    nodes = [oh.make_node("ConvTranspose", ["x", "w"], ["h"], group=group)]
+    return _model(nodes, [_const("w", weight), *_bn_params("bn", 8)], ["N", 4, 5, 5], ["N", 8, 7, 7])
+
+
+def _gemm_bn(trans_b):
+    weight = RNG.standard_normal((8, 6) if trans_b else (6, 8)).astype(np.float32)
+    nodes = [oh.make_node("Gemm", ["x", "w", "b"], ["h"], transB=trans_b)]
+    inits = [_const("w", weight), _const("b", RNG.standard_normal(8).astype(np.float32)), *_bn_params("bn", 8)]
+    return _model(nodes, inits, ["N", 6], ["N", 8])
+
+
+def _matmul_bn():
+    nodes = [oh.make_node("MatMul", ["x", "w"], ["h"])]
+    return _model(nodes, [_const("w", RNG.standard_normal((6, 8)).astype(np.float32)), *_bn_params("bn", 8)],
+                  ["N", 6], ["N", 8])
+
+
+@pytest.mark.parametrize("model", [
+    lambda: conv_bn(bias=True), lambda: conv_bn(bias=False, group=2), lambda: _conv_transpose_bn(1),
+    lambda: _conv_transpose_bn(2), lambda: _gemm_bn(0), lambda: _gemm_bn(1), _matmul_bn,
+], ids=["conv", "grouped-conv-no-bias", "conv-transpose", "grouped-conv-transpose", "gemm", "gemm-transB",
+        "matmul"])
+def test_folded_weights_are_float64_products_rounded_once(model):
+    model = model()
+    optimized, _ = run(model)
+    (layer,) = optimized.graph.node
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in optimized.graph.initializer}
+    weight, bias = _reference_fold(model)
+    assert inits[layer.input[1]].dtype == np.float32
+    np.testing.assert_array_equal(inits[layer.input[1]].view(np.uint32), weight.view(np.uint32))
+    np.testing.assert_array_equal(inits[layer.input[2]].view(np.uint32), bias.view(np.uint32))
+
+
+def test_checks_decode_no_weight():
+    """Deciding reads shapes and types only: a decoded weight would stay in memory with its constant."""
+    model = _gemm_bn(0)
+    model.graph.node[0].attribute.append(oh.make_attribute("alpha", 2.0))
+    graph = to_graph(model)
+    result = FuseConvBatchNorm().run(graph, PassContext(AnalysisCache()))
+    assert result.stats == {"skipped.conv_bn.gemm_attributes": 1}
+    assert all(isinstance(t._values, LazyValues) for t in graph.tensors().values() if isinstance(t, gs.Constant))
+
+
+@pytest.mark.parametrize("weight_is_output", [False, True])
+def test_a_replaced_weight_lets_go_of_its_values_unless_a_graph_lists_it(weight_is_output):
+    model = conv_bn()
+    if weight_is_output:
+        model.graph.output.append(oh.make_tensor_value_info("w", onnx.TensorProto.FLOAT, [8, 4, 3, 3]))
+    graph = to_graph(model)
+    weight = graph.tensors()["w"]
+    result = FuseConvBatchNorm().run(graph, PassContext(AnalysisCache()))
+    assert result.stats == {"rewrites.conv_bn": 1}
+    assert weight._values.tensor.HasField("raw_data") == weight_is_output

@@ -225,3 +225,23 @@ def test_random_per_channel_chains_fold_completely(data):
     assert op_counts(optimized) == {layer: 1}
     assert total_stats(report) == {"rewrites.conv_mul_add": len(steps)}
     assert_same_outputs(model, optimized, [random_feeds(model)])
+
+
+@pytest.mark.parametrize("layer, group", [("Conv", 1), ("Conv", 2), ("ConvTranspose", 2)])
+@pytest.mark.parametrize("op", ["Mul", "Div"])
+def test_scaled_weights_are_float64_products_rounded_once(layer, group, op):
+    vector = channel_vector()
+    model = conv_steps([(op, vector, True)], layer=layer, group=group)
+    optimized, _ = run(model)
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    scale = inits["k0"].astype(np.float64).reshape(-1)
+    scale = scale if op == "Mul" else 1.0 / scale
+    weight = inits["w"].astype(np.float64)
+    if layer == "Conv":
+        expected = weight * scale[:, None, None, None]
+    else:  # weight [C_in, C_out/g, k, k]: output channel of [i, j] is (i // (C_in/g)) * (C_out/g) + j
+        i, j = np.indices(weight.shape[:2])
+        expected = weight * scale[(i // (weight.shape[0] // group)) * weight.shape[1] + j][:, :, None, None]
+    (node,) = optimized.graph.node
+    folded = {t.name: onnx.numpy_helper.to_array(t) for t in optimized.graph.initializer}[node.input[1]]
+    np.testing.assert_array_equal(folded.view(np.uint32), expected.astype(np.float32).view(np.uint32))

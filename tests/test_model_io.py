@@ -159,6 +159,119 @@ def test_folder_is_a_model_error(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Loading with the weights as messages of their own
+
+UNKNOWN_FIELD = b"\xc0\x3e\x01"  # field 1000 (no ONNX message has it), varint 1
+UNKNOWN_GROUP = b"\xcb\x3e\xcc\x3e"  # an empty group, field 1001: a wire type the layout scan does not take
+
+
+def _with_subgraph_initializers() -> onnx.ModelProto:
+    """An If whose branches hold initializers of their own, beside the main graph's weights."""
+    model = weighted_model(10)
+    for branch in ("then", "else"):
+        body = onnx.helper.make_graph(
+            [onnx.helper.make_node("Add", ["y", f"{branch}_c"], [f"{branch}_out"])], branch, [],
+            [onnx.helper.make_tensor_value_info(f"{branch}_out", onnx.TensorProto.FLOAT, ["N", 4])],
+            [numpy_helper.from_array(np.full(4, 2.0 if branch == "then" else -2.0, np.float32), f"{branch}_c")])
+        model.graph.node.append(onnx.helper.make_node("If", ["flag"], [f"{branch}_if"], name=f"if_{branch}",
+                                                      then_branch=body, else_branch=body))
+    model.graph.input.append(onnx.helper.make_tensor_value_info("flag", onnx.TensorProto.BOOL, []))
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(f"{b}_if", onnx.TensorProto.FLOAT, ["N", 4])
+                              for b in ("then", "else"))
+    return model
+
+
+def _unknown_fields_everywhere() -> bytes:
+    """weighted_model(10) with a field onnx does not know in the model, its graph and its first weight."""
+    model = weighted_model(10)
+    weight = model.graph.initializer[0]
+    weight.MergeFromString(UNKNOWN_FIELD)
+    model.graph.MergeFromString(UNKNOWN_FIELD)
+    return model.SerializeToString() + UNKNOWN_FIELD
+
+
+def _graph_in_two_fields() -> bytes:
+    """weighted_model(10) with its graph given as two ``graph`` fields, which the parser merges: the first
+    without the initializers, the second with only them."""
+    model = weighted_model(10)
+    first, second = onnx.GraphProto(), onnx.GraphProto()
+    first.CopyFrom(model.graph)
+    del first.initializer[:]
+    second.initializer.extend(model.graph.initializer)
+    model.ClearField("graph")
+    return b"".join(m.SerializeToString() for m in (model, onnx.ModelProto(graph=first), onnx.ModelProto(graph=second)))
+
+
+SPLIT_SOURCES = {
+    "digits_cnn": lambda: REAL_MODEL.read_bytes(),
+    "two weights": lambda: weighted_model(10).SerializeToString(),
+    "subgraph initializers": lambda: _with_subgraph_initializers().SerializeToString(),
+    "ir3 initializer inputs": lambda: parse_model(IR3_TEXT).SerializeToString(),
+    "unknown fields": _unknown_fields_everywhere,
+    "graph in two fields": _graph_in_two_fields,
+}
+
+
+def _without_values(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    """What a stand-in holds: the tensor without its values (and without fields onnx does not know)."""
+    copy = onnx.TensorProto()
+    copy.CopyFrom(tensor)
+    copy.DiscardUnknownFields()
+    for field in ("raw_data", "float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data"):
+        copy.ClearField(field)
+    return copy
+
+
+@pytest.mark.parametrize("case", sorted(SPLIT_SOURCES))
+@pytest.mark.parametrize("from_path", [True, False], ids=["path", "bytes"])
+def test_load_split_is_load_with_each_weight_a_message_of_its_own(tmp_path, case, from_path):
+    data = SPLIT_SOURCES[case]()
+    source = _write(tmp_path, "m.onnx", data) if from_path else data
+    whole = graphopt.load(source)
+    split = model_io.load_split(source)
+    assert len(split.weights) == len(whole.graph.initializer) > 0
+    assert model_io.joined(split).SerializeToString() == whole.SerializeToString()
+    for stand_in, weight, initializer in zip(split.model.graph.initializer, split.weights, whole.graph.initializer,
+                                             strict=True):
+        assert weight == initializer
+        assert stand_in == _without_values(initializer)
+    assert model_io.serialized_size(split.model, split.weights) == whole.ByteSize()
+
+
+def test_load_split_of_a_model_proto_keeps_it_whole(tiny_text_model):
+    split = model_io.load_split(tiny_text_model)
+    assert split.model is tiny_text_model and split.weights is None
+    assert model_io.joined(split) is tiny_text_model
+
+
+def test_load_split_parses_whole_what_the_layout_scan_does_not_take():
+    data = weighted_model(10).SerializeToString() + UNKNOWN_GROUP
+    split = model_io.load_split(data)
+    assert split.weights is None
+    assert split.model.SerializeToString() == graphopt.load(data).SerializeToString()
+
+
+@pytest.mark.parametrize("case", sorted(BAD_BYTES))
+def test_bad_model_file_is_the_same_model_error_when_split(tmp_path, case):
+    data, fragment = BAD_BYTES[case]
+    path = _write(tmp_path, "bad.onnx", data)
+    with pytest.raises(ModelError) as raised:
+        model_io.load_split(path)
+    assert_one_line_model_error(raised, path, fragment)
+
+
+def test_serialized_size_without_serializing_raw_data_counts_every_field():
+    tensor = numpy_helper.from_array(np.arange(70_000, dtype=np.float32), "w")  # large: raw_data not serialized
+    tensor.doc_string = "doc"
+    tensor.metadata_props.add(key="k", value="v")
+    with_unknown = onnx.TensorProto.FromString(tensor.SerializeToString() + UNKNOWN_FIELD)
+    for weight in (tensor, with_unknown, numpy_helper.from_array(np.array(["a", "bc"], dtype=object), "s")):
+        model = weighted_model()
+        model.graph.initializer.append(weight)
+        assert model_io.serialized_size(model) == model.ByteSize()
+
+
+# ---------------------------------------------------------------------------------------------------------
 # External data
 
 
@@ -172,7 +285,15 @@ def _save_with_external_data(folder: Path, model: onnx.ModelProto, location: str
     return path
 
 
-def test_external_data_is_resolved_beside_the_model_not_the_cwd(tmp_path, monkeypatch):
+def _load_split_and_join(source) -> onnx.ModelProto:
+    return model_io.joined(model_io.load_split(source))
+
+
+LOADERS = pytest.mark.parametrize("load", [graphopt.load, _load_split_and_join], ids=["load", "load_split"])
+
+
+@LOADERS
+def test_external_data_is_resolved_beside_the_model_not_the_cwd(tmp_path, monkeypatch, load):
     model = weighted_model()
     expected = weights(model)
     path = _save_with_external_data(tmp_path / "store", model)
@@ -180,7 +301,7 @@ def test_external_data_is_resolved_beside_the_model_not_the_cwd(tmp_path, monkey
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    loaded = graphopt.load(path)
+    loaded = load(path)
     for tensor in loaded.graph.initializer:
         assert tensor.data_location == onnx.TensorProto.DEFAULT
     assert weights(loaded).keys() == expected.keys()
@@ -230,15 +351,16 @@ def _location_cases(model_folder: Path, secret: Path) -> dict[str, str]:
     }
 
 
+@LOADERS
 @pytest.mark.parametrize("case", ["dot-dot", "etc-passwd", "absolute"])
 def test_external_data_outside_the_model_folder_is_refused_and_never_read(tmp_path, outside_secret, opened_paths,
-                                                                          case):
+                                                                          case, load):
     path = _save_with_external_data(tmp_path / "store", weighted_model())
     location = _location_cases(tmp_path / "store", outside_secret)[case]
     _point_external_data_at(path, location)
     opened_paths.clear()
     with pytest.raises(ModelError) as raised:
-        graphopt.load(path)
+        load(path)
     assert_one_line_model_error(raised, "outside the model's folder", repr(location))
     assert str(outside_secret) not in opened_paths
     assert "/etc/passwd" not in opened_paths
@@ -255,11 +377,12 @@ def test_external_data_symlink_pointing_outside_is_refused_and_never_read(tmp_pa
     assert str(outside_secret) not in opened_paths
 
 
-def test_missing_external_data_file_is_a_model_error(tmp_path):
+@LOADERS
+def test_missing_external_data_file_is_a_model_error(tmp_path, load):
     path = _save_with_external_data(tmp_path / "store", weighted_model())
     (tmp_path / "store" / "w.data").unlink()
     with pytest.raises(ModelError) as raised:
-        graphopt.load(path)
+        load(path)
     assert_one_line_model_error(raised, "'w.data'", "missing")
 
 

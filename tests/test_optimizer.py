@@ -15,7 +15,7 @@ from conftest import assert_same_outputs, parse_model
 import graphopt
 from graphopt import model as model_io
 from graphopt.data import load_data
-from graphopt.errors import ValidationFailure
+from graphopt.errors import PassError, ValidationFailure
 from graphopt.pass_base import Pass, PassResult
 from graphopt.registry import Registry, default_registry, registry_from
 from graphopt.validate import report as validation_report
@@ -155,6 +155,41 @@ def test_large_model_saved_with_external_data(tmp_path, monkeypatch):
     np.testing.assert_array_equal(onnx.numpy_helper.to_array(reloaded.graph.initializer[0]), weights)
     # the returned model still holds its weights in memory
     np.testing.assert_array_equal(onnx.numpy_helper.to_array(optimized.graph.initializer[0]), weights)
+
+
+class Fail(Pass):
+    """A pass that raises."""
+
+    name = "fail"
+    summary = "test pass that raises"
+
+    def run(self, graph, ctx):
+        raise RuntimeError("boom")
+
+
+def _sources(tmp_path, model: onnx.ModelProto) -> dict[str, object]:
+    path = tmp_path / "in.onnx"
+    onnx.save(model, path)
+    return {"path": str(path), "bytes": model.SerializeToString(), "model": model}
+
+
+@pytest.mark.parametrize("kind", ["path", "bytes", "model"])
+def test_every_kind_of_input_gives_the_same_result_and_report(tmp_path, kind):
+    model = graphopt.load(os.path.join(MODELS, "resnet_small.onnx"))
+    optimized, report = graphopt.optimize(_sources(tmp_path, model)[kind], passes="lossless", validate_each=True)
+    expected, expected_report = graphopt.optimize(model, passes="lossless")
+    assert optimized.SerializeToString() == expected.SerializeToString()
+    assert report.input.bytes == expected_report.input.bytes == model.ByteSize()
+    assert report.output.bytes == optimized.ByteSize()
+
+
+@pytest.mark.parametrize("kind", ["path", "bytes", "model"])
+def test_the_reproducer_holds_the_whole_input(tmp_path, kind):
+    model = graphopt.load(os.path.join(MODELS, "resnet_small.onnx"))
+    passes = [default_registry().create("fuse-conv-bn"), Fail()]  # fails once weights were replaced
+    with pytest.raises(PassError):
+        graphopt.optimize(_sources(tmp_path, model)[kind], passes=passes, reproducer_dir=str(tmp_path / "repro"))
+    assert (tmp_path / "repro" / "input.onnx").read_bytes() == model.SerializeToString()
 
 
 @pytest.mark.parametrize("name", ["digits_cnn", "resnet_small", "mobilenetv2_small"])
