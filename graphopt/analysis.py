@@ -9,6 +9,7 @@ hash the manager uses to check that a pass's ``changed`` bit is honest. ``infer_
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import logging
 import weakref
@@ -112,7 +113,7 @@ def constant_digest(tensor: gs.Constant) -> bytes:
     values = tensor._values
     if not isinstance(values, LazyValues):
         values = np.asarray(values)
-        if _exact_arrays or values is not tensor._values:  # an array made here for a list is not kept
+        if _exact_arrays.get() or values is not tensor._values:  # an array made here for a list is not kept
             return array_digest(values)
     cached = _DIGESTS.get(id(values))
     if cached is not None and cached[0]() is values:
@@ -128,19 +129,20 @@ def constant_digest(tensor: gs.Constant) -> bytes:
 
 
 _DIGESTS: dict[int, tuple[weakref.ref, bytes]] = {}  # id(values object) -> (a reference to it, digest)
-_exact_arrays = False
+# Per thread and task (a context variable, not a global): one optimize() checking honesty in a thread must not
+# switch the caching of another running beside it.
+_exact_arrays: contextvars.ContextVar[bool] = contextvars.ContextVar("graphopt_exact_digests", default=False)
 
 
 @contextlib.contextmanager
 def exact_digests(exact: bool = True) -> Iterator[None]:
     """While active (with ``exact``), ``constant_digest`` hashes numpy arrays every time instead of trusting
     the digest it cached for the same array object."""
-    global _exact_arrays
-    previous, _exact_arrays = _exact_arrays, exact or _exact_arrays
+    token = _exact_arrays.set(exact or _exact_arrays.get())
     try:
         yield
     finally:
-        _exact_arrays = previous
+        _exact_arrays.reset(token)
 
 
 def _forget(key: int) -> Callable[[weakref.ref], None]:
