@@ -295,7 +295,7 @@ def _run_provider(name: str, reference: _Subject, candidate: _Subject, dataset: 
     return ProviderResult(
         name,
         outputs=tuple(compare_outputs(ref_outputs, cand_outputs, rtol, atol)),
-        accuracy=_accuracy(ref_outputs, cand_outputs, dataset.extras[labels]) if labels else None,
+        accuracy=top1_accuracy(ref_outputs, cand_outputs, dataset.extras[labels]) if labels else None,
         latency=timing,
         placement=placement,
     )
@@ -311,8 +311,9 @@ def _run_all(session, dataset: Dataset, batch_size: int = 32) -> dict[str, np.nd
             for i, name in enumerate(names)}
 
 
-def _accuracy(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
-              labels: np.ndarray) -> Accuracy:
+def top1_accuracy(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
+                  labels: np.ndarray) -> Accuracy:
+    """Top-1 accuracy of both models' first output shaped [samples, classes] against ``labels``."""
     scores = [name for name, value in reference.items() if value.ndim == 2 and value.shape[1] > 1
               and value.shape[0] == len(labels)]
     if not scores:
