@@ -173,6 +173,9 @@ def gate_command(
     reference: Annotated[str, typer.Argument(help="reference ONNX model")],
     candidate: Annotated[str, typer.Argument(help="candidate ONNX model")],
     config: Annotated[str | None, typer.Option(help="TOML file with a [gate] table of thresholds")] = None,
+    optimization_report: Annotated[str | None, typer.Option(help="the JSON report of the graphopt optimize "
+                                                            "run that made CAND (its passes and stats go "
+                                                            "into --report)")] = None,
     max_accuracy_drop: Annotated[float | None, typer.Option(help="percentage points (needs --labels)")] = None,
     min_cosine: Annotated[float | None, typer.Option(help="lowest cosine similarity of any output")] = None,
     max_abs_error: Annotated[float | None, typer.Option(help="largest absolute error of any output")] = None,
@@ -193,6 +196,7 @@ def gate_command(
                                     "max_abs_error": max_abs_error, "min_speedup": min_speedup,
                                     "max_size_ratio": max_size_ratio})
     thresholds.require_any()
+    optimization = _read_optimization_report(optimization_report) if optimization_report else None
     labels = labels or settings.get("labels")
     if thresholds.max_accuracy_drop is not None and not labels:
         raise UsageError("--max-accuracy-drop needs --labels (and --data holding that label array)")
@@ -200,7 +204,7 @@ def gate_command(
                            require_provider or bool(settings.get("require_provider")), rtol, atol, threads,
                            shape, rounds, batch_size, per_layer, thresholds.min_speedup is not None)
     verdicts = evaluate(validation, thresholds)
-    _write_reports(validation, verdicts, None, report, report_md, quiet)
+    _write_reports(validation, verdicts, optimization, report, report_md, quiet)
     failed = [v for v in verdicts if not v.passed]
     if failed:
         raise ValidationFailure("gate FAILED: " + "; ".join(
@@ -241,6 +245,22 @@ def _validate(reference, candidate, data, labels, providers, require_provider, r
                         require_providers=require_provider, rtol=rtol, atol=atol,
                         settings=SessionSettings(threads=threads), shapes=_parse_shapes(shape or ()),
                         rounds=rounds, batch_size=batch_size, latency=latency, per_layer=per_layer)
+
+
+def _read_optimization_report(path: str) -> dict:
+    """The ``graphopt.report/1`` JSON that ``optimize --report`` wrote; anything else is a UsageError."""
+    from graphopt.report import SCHEMA
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except OSError as error:
+        raise UsageError(f"{path}: cannot read the optimization report ({error.strerror})") from None
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{path}: not JSON ({error})") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise UsageError(f"{path}: not a graphopt optimize report (schema {SCHEMA})")
+    return data
 
 
 def _parse_shapes(texts: list[str]) -> dict[str, list[int]]:

@@ -185,6 +185,23 @@ def test_gate_passes_a_lossless_optimization(candidates, capsys, tmp_path):
     assert "PASS (4 checks)" in markdown.read_text()
 
 
+def test_gate_report_carries_the_optimization_that_made_the_candidate(candidates, capsys, tmp_path):
+    optimize_report, report = tmp_path / "optimize.json", tmp_path / "gate.json"
+    assert main(["optimize", vm.DIGITS, str(tmp_path / "opt.onnx"), "-q", "--report", str(optimize_report)]) == 0
+    code, _, err = gate(capsys, str(tmp_path / "opt.onnx"), "--min-cosine", "0.99999", "--optimization-report",
+                        optimize_report, "--report", report)
+    assert code == 0, err
+    data = json.loads(report.read_text())
+    jsonschema.validate(data, SCHEMA)
+    assert data["optimization"]["schema"] == "graphopt.report/1"
+    assert {p["name"] for p in data["optimization"]["passes"]} >= {"fold-constants", "fuse-conv-bn"}
+    not_a_report = tmp_path / "other.json"
+    not_a_report.write_text('{"schema": "something/1"}')
+    code, _, err = gate(capsys, str(tmp_path / "opt.onnx"), "--min-cosine", "0.9", "--optimization-report",
+                        not_a_report)
+    assert code == 2 and "not a graphopt optimize report" in err
+
+
 def test_gate_fails_perturbed_weights(candidates, capsys):
     code, out, err = gate(capsys, candidates["perturbed"], "--min-cosine", "0.9999")
     assert code == 1
