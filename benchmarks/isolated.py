@@ -4,7 +4,9 @@
 script, "--worker", ...]``), waits for it with ``os.wait4`` so that the child's own resource usage is
 returned (its peak resident set size, ``ru_maxrss``, is that process's alone, not the maximum over all
 children as ``RUSAGE_CHILDREN`` would give), kills it on timeout, and reads the JSON the worker wrote to
-``result_path``. A worker reports its own failure by writing ``{"error": "..."}`` (see ``worker_main``);
+``result_path``. ``cwd`` is the folder the worker runs in (give the work folder when the tool it runs
+leaves temporary files in the current folder, as onnxruntime's ``quant_pre_process`` does when it fails).
+A worker reports its own failure by writing ``{"error": "..."}`` (see ``worker_main``);
 a crash (signal, non-zero exit without a result) is reported from the exit status and the log's last
 line. Nothing is raised for a failing worker: the caller gets ``IsolatedResult.error``.
 """
@@ -42,12 +44,14 @@ class IsolatedResult:
 
 
 def run_isolated(argv: list[str], result_path: str | os.PathLike, log_path: str | os.PathLike,
-                 timeout: float, env: dict[str, str] | None = None) -> IsolatedResult:
+                 timeout: float, env: dict[str, str] | None = None,
+                 cwd: str | os.PathLike | None = None) -> IsolatedResult:
     result_path, log_path = Path(result_path), Path(log_path)
     result_path.unlink(missing_ok=True)
     start = time.perf_counter()
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                   start_new_session=True)
     timed_out = False
     while True:
         pid, status, usage = os.wait4(process.pid, os.WNOHANG)
