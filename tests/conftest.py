@@ -106,3 +106,16 @@ def tiny_model_path(tmp_path, tiny_text_model) -> str:
     path = tmp_path / "tiny.onnx"
     onnx.save_model(tiny_text_model, path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def candidates(tmp_path_factory):
+    """The digits-CNN candidates of ``validate_models`` (optimized, perturbed, slower, larger), by name ->
+    path, built once for the validation and gate tests."""
+    import validate_models
+
+    folder = tmp_path_factory.mktemp("candidates")
+    paths = {name: str(folder / f"{name}.onnx") for name in ("optimized", "perturbed", "slower", "larger")}
+    for name, path in paths.items():
+        getattr(validate_models, name)(path)
+    return paths

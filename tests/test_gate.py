@@ -155,15 +155,6 @@ def test_bad_config_is_a_usage_error(tmp_path, text, message):
 # --- the CLI, end to end on the digits CNN ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def candidates(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("gate")
-    paths = {name: str(folder / f"{name}.onnx") for name in ("optimized", "perturbed", "slower", "larger")}
-    for name, path in paths.items():
-        getattr(vm, name)(path)
-    return paths
-
-
 def gate(capsys, candidate, *options):
     code = main(["gate", vm.DIGITS, candidate, "--data", vm.DIGITS_DATA, "--rounds", "5", *map(str, options)])
     captured = capsys.readouterr()

@@ -13,15 +13,6 @@ from graphopt.validate.providers import SessionSettings, parse_providers, unavai
 from graphopt.validate.validation import check_signatures, validate
 
 
-@pytest.fixture(scope="module")
-def candidates(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("candidates")
-    paths = {name: str(folder / f"{name}.onnx") for name in ("optimized", "perturbed", "slower", "larger")}
-    for name, path in paths.items():
-        getattr(vm, name)(path)
-    return paths
-
-
 def test_lossless_candidate_agrees_and_keeps_accuracy(candidates):
     result = validate(vm.DIGITS, candidates["optimized"], vm.DIGITS_DATA, labels="label", rounds=3)
     (cpu,) = result.providers
