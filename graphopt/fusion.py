@@ -25,7 +25,7 @@ from typing import ClassVar
 import onnx_graphsurgeon as gs
 
 from graphopt.pass_base import Invariant, Pass, PassContext, PassResult
-from graphopt.rewrite import NameAllocator, all_graphs, is_standard_op, release_values
+from graphopt.rewrite import NameAllocator, all_graphs, is_standard_op, release_values, remove_node
 
 
 @dataclasses.dataclass
@@ -67,6 +67,17 @@ class FusionRule:
 
     def rewrite(self, match: Match, graph: gs.Graph, names: NameAllocator) -> None:
         raise NotImplementedError
+
+
+def absorb_with_bias(graph: gs.Graph, layer: gs.Node, follower: gs.Node, bias: gs.Tensor) -> None:
+    """``layer`` (Conv, ConvTranspose or Gemm) takes ``bias`` as its bias input and writes ``follower``'s
+    output, and ``follower`` (the node folded into it) leaves the graph."""
+    if len(layer.inputs) > 2:
+        layer.inputs[2] = bias
+    else:
+        layer.inputs.append(bias)
+    layer.outputs[0] = follower.outputs[0]
+    remove_node(graph, follower)
 
 
 def single_producer(tensor: gs.Tensor | None) -> gs.Node | None:

@@ -26,8 +26,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt.fusion import FusionPass, FusionRule, Match
-from graphopt.rewrite import NameAllocator, constant_array, remove_node
+from graphopt.fusion import FusionPass, FusionRule, Match, absorb_with_bias
+from graphopt.rewrite import NameAllocator, constant_array
 
 _FLOATS = (np.float32, np.float64)
 
@@ -73,12 +73,7 @@ class ConvBatchNormRule(FusionRule):
         bias = gs.Constant(names.fresh(f"{norm.outputs[0].name}_bias"), new_bias.astype(new_weight.dtype))
         if layer.op == "MatMul":
             layer.op, layer.attrs = "Gemm", {}
-        if len(layer.inputs) > 2:
-            layer.inputs[2] = bias
-        else:
-            layer.inputs.append(bias)
-        layer.outputs[0] = norm.outputs[0]
-        remove_node(graph, norm)
+        absorb_with_bias(graph, layer, norm, bias)
 
 
 def _check_layer(layer: gs.Node, norm: gs.Node) -> str | None:

@@ -33,8 +33,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt.fusion import FusionPass, FusionRule, Match, producer
-from graphopt.rewrite import NameAllocator, constant_array, constant_value, is_standard_op, remove_node
+from graphopt.fusion import FusionPass, FusionRule, Match, absorb_with_bias, producer
+from graphopt.rewrite import NameAllocator, constant_array, constant_value, is_standard_op
 from passes.fuse_conv_bn import scale_output_channels
 
 _FLOATS = (np.float32, np.float64)
@@ -137,12 +137,7 @@ class ConvMulAddRule(FusionRule):
         else:
             bias = bias + vector if step.op == "Add" else bias - vector
         new_bias = gs.Constant(names.fresh(f"{step.outputs[0].name}_bias"), bias.astype(dtype))
-        if len(layer.inputs) > 2:
-            layer.inputs[2] = new_bias
-        else:
-            layer.inputs.append(new_bias)
-        layer.outputs[0] = step.outputs[0]
-        remove_node(graph, step)
+        absorb_with_bias(graph, layer, step, new_bias)
 
 
 class FuseConvMulAdd(FusionPass):

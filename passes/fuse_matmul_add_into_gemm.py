@@ -21,8 +21,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphopt.fusion import FusionPass, FusionRule, Match, single_producer
-from graphopt.rewrite import NameAllocator, is_standard_op, remove_node
+from graphopt.fusion import FusionPass, FusionRule, Match, absorb_with_bias, single_producer
+from graphopt.rewrite import NameAllocator, is_standard_op
 
 _FLOATS = (np.float32, np.float64)
 
@@ -89,9 +89,7 @@ class MatMulAddRule(FusionRule):
         matmul, add = match.nodes
         bias = _bias(match)
         matmul.op, matmul.attrs = "Gemm", {}
-        matmul.inputs.append(bias)
-        matmul.outputs[0] = add.outputs[0]
-        remove_node(graph, add)
+        absorb_with_bias(graph, matmul, add, bias)
 
 
 class FuseMatMulAddIntoGemm(FusionPass):
