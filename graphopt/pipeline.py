@@ -25,7 +25,7 @@ from typing import Any
 import onnx_graphsurgeon as gs
 
 from graphopt.analysis import exact_digests, infer_shapes, structural_fingerprint
-from graphopt.errors import GraphoptError, PassError, UsageError
+from graphopt.errors import DataError, GraphoptError, PassError, UsageError
 from graphopt.instruments import PassRecord, verify_structure
 from graphopt.pass_base import Diagnostic, Invariant, Option, Pass, PassContext, PassResult
 from graphopt.registry import Registry, default_registry
@@ -75,6 +75,8 @@ def _run_pass(pass_: Pass, graph: gs.Graph, ctx: PassContext) -> PassResult:
             verify_structure(graph)
     except PassError:
         raise
+    except (UsageError, DataError) as error:  # the request or the data is wrong, not the pass: exit 2
+        raise type(error)(f"pass {path}: {error}") from error
     except GraphoptError as error:
         raise PassError(str(error), pass_path=path, history=tuple(ctx.history)) from error
     except Exception as error:

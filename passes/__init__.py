@@ -19,18 +19,20 @@ from passes.fuse_matmul_add_into_gemm import FuseMatMulAddIntoGemm
 from passes.fuse_pad_into_conv import FusePadIntoConv
 from passes.fuse_reshapes import FuseReshapes
 from passes.fuse_transposes import FuseTransposes
+from passes.prune_channels import PruneChannels
 from passes.quantize_qdq import QuantizeQDQ
 
 PASSES = (
     DeduplicateInitializers, EliminateCommonSubexpressions, EliminateDeadNodes, EliminateIdentity,
     EliminateNoOpNodes, FoldConstants, FuseConvBatchNorm, FuseConvMulAdd, FuseGelu, FuseLayerNorm,
-    FuseMatMulAddIntoGemm, FusePadIntoConv, FuseReshapes, FuseTransposes, QuantizeQDQ,
+    FuseMatMulAddIntoGemm, FusePadIntoConv, FuseReshapes, FuseTransposes, PruneChannels, QuantizeQDQ,
 )
 
 ALIASES = {
     "fold": FoldConstants.name,
     "dce": EliminateDeadNodes.name,
     "cse": EliminateCommonSubexpressions.name,
+    "prune": PruneChannels.name,
 }
 
 PRESETS = {

@@ -1,0 +1,143 @@
+"""prune-channels: structured channel pruning of Conv, ConvTranspose, Gemm and MatMul layers, directly on ONNX.
+
+Whole output channels are removed, together with the matching input channels of every consumer and the
+per-channel parameters in between, so the pruned model computes less (smaller weights, fewer MACs); nothing is
+masked. Which channels go together, and what blocks a group, is ``graphopt.pruning.groups``; how channels are
+ranked and how many go, ``graphopt.pruning.selection``; the edits, ``graphopt.pruning.removal``.
+
+Math. Removing output channel ``c`` of a producer ``y = W x + b`` deletes row ``c`` of ``W`` and ``b`` (the
+output-channel axis of the weight); a consumer ``z = V y`` then reads ``y`` without it and loses the matching
+slice of ``V`` along its input-channel axis. ``z`` changes by ``-V[:, c] y_c``: nothing when ``y_c`` is
+always 0 (a channel whose weights and bias are zero and whose path maps 0 to 0), otherwise the error
+reconstruction reduces. With calibration data (``reconstruct=auto``, the default, or ``true``) every layer
+that lost input channels is re-fitted by ridge least squares to the unpruned model's outputs, with a bias
+correction (``graphopt.pruning.reconstruction``).
+
+Declines. Whole pass: ``ratio=0`` changes nothing. Per group (``skipped.group_<reason>`` and an info
+diagnostic naming its producers and the reason): ``blocked`` (a graph output, a subgraph, an op without a
+pruning rule, a layout the analysis cannot follow such as a channel shuffle), ``excluded`` (a producer named
+in ``exclude``), ``no_score`` (``criterion=bn-scale`` without a BatchNormalization after a producer). Per
+layer that could not be re-fitted: ``skipped.reconstruction`` with a diagnostic. Only the main graph is
+pruned; channels read inside If/Loop/Scan bodies block their group.
+
+Errors (exit 2): a ratio outside [0, 1); an unknown criterion or scope; ``criterion=activation`` or
+``reconstruct=true`` without calibration data.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import ClassVar
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphopt.errors import UsageError
+from graphopt.fidelity import export_with_gs
+from graphopt.pass_base import Diagnostic, Invariant, Option, Pass, PassContext, PassResult
+from graphopt.pruning.groups import Analysis, analyse
+from graphopt.pruning.reconstruction import Refit, reconstruct
+from graphopt.pruning.removal import remove_channels
+from graphopt.pruning.selection import CRITERIA, SCOPES, channel_scores, choose, group_scores
+
+
+class PruneChannels(Pass):
+    name = "prune-channels"
+    summary = "remove whole output channels of Conv/Gemm/MatMul layers and re-fit what reads them (lossy)"
+    options: ClassVar = (
+        Option("ratio", float, 0.3, "fraction of each group's channels to remove, in [0, 1)", minimum=0.0,
+               maximum=1.0),
+        Option("criterion", str, "l1", "how channels are ranked", choices=CRITERIA),
+        Option("scope", str, "global", "global: one ranking over all groups (scores relative to the group's "
+               "mean); local: ratio per group", choices=SCOPES),
+        Option("min_channels", int, 1, "channels each group keeps at least", minimum=1),
+        Option("round_to", int, 1, "kept channel counts are rounded up to a multiple of this", minimum=1),
+        Option("exclude", list, (), "producer node names whose groups are not pruned"),
+        Option("reconstruct", str, "auto", "re-fit layers on calibration data: auto (when data is given), "
+               "true, false", choices=("auto", "true", "false")),
+        Option("ridge", float, 1e-3, "ridge penalty of the re-fit, relative to the mean input energy",
+               minimum=0.0),
+        Option("samples", int, 256, "calibration samples used for scores and the re-fit", minimum=1),
+        Option("batch_size", int, 32, "samples per calibration batch", minimum=1),
+    )
+    requires = frozenset({Invariant.TOPOLOGICALLY_SORTED, Invariant.SHAPES_INFERRED})
+    preserves = frozenset({Invariant.TOPOLOGICALLY_SORTED, Invariant.INFERENCE_MODE})
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        if self.values["ratio"] >= 1.0:
+            raise UsageError(f"{self.name}: option 'ratio' must be in [0, 1), got {self.values['ratio']!r}")
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        values = self.values
+        refit = values["reconstruct"] == "true" or (values["reconstruct"] == "auto" and ctx.data is not None)
+        for needed, what in ((values["criterion"] == "activation", "criterion=activation"),
+                             (values["reconstruct"] == "true", "reconstruct=true")):
+            if needed and ctx.data is None:
+                raise UsageError(f"{self.name}: {what} needs calibration data (--data)")
+        if values["ratio"] == 0.0:
+            return PassResult(False, {"skipped.ratio_zero": 1})
+        analysis = analyse(graph, frozenset(values["exclude"]))
+        scores = channel_scores(analysis, values["criterion"], graph, ctx.data, values["batch_size"],
+                                values["samples"])
+        stats: collections.Counter[str] = collections.Counter(groups=len(analysis.groups))
+        diagnostics: list[Diagnostic] = []
+        ranked = self._rank(analysis, scores, stats, diagnostics)
+        keep = choose(analysis.groups, ranked, analysis.channel_count, values["ratio"], values["scope"],
+                      values["min_channels"], values["round_to"], analysis.edits.non_empty)
+        if keep.all():
+            return PassResult(False, dict(stats), tuple(diagnostics))
+        original = export_with_gs(graph) if refit else None
+        stats["constants.shrunk"] = remove_channels(graph, analysis, keep)
+        for index in ranked:
+            group = analysis.groups[index]
+            kept = sum(bool(keep[channel].all()) for channel in group.channels)
+            if kept < len(group.channels):
+                stats["groups.pruned"] += 1
+                stats["channels.removed"] += len(group.channels) - kept
+                diagnostics.append(Diagnostic("info", f"kept {kept} of {len(group.channels)} channels",
+                                              group.name))
+        if refit:
+            layers = _layers_to_refit(graph, analysis, keep)
+            skipped = reconstruct(graph, original, layers, ctx.data, values["ridge"], values["batch_size"],
+                                  values["samples"])
+            stats["rewrites.reconstructed"] = len(layers) - len(skipped)
+            for node_name, reason in skipped.items():
+                stats["skipped.reconstruction"] += 1
+                diagnostics.append(Diagnostic("info", f"not re-fitted: {reason}", node_name))
+        return PassResult(True, dict(stats), tuple(diagnostics))
+
+    def _rank(self, analysis: Analysis, scores: np.ndarray, stats, diagnostics) -> dict[int, np.ndarray]:
+        ranked = {}
+        for index, group in enumerate(analysis.groups):
+            if group.blocked:
+                key = "excluded" if all(r.startswith("excluded") for r in group.blocked) else "blocked"
+                stats[f"skipped.group_{key}"] += 1
+                diagnostics.append(Diagnostic("info", "not pruned: " + "; ".join(group.blocked), group.name))
+                continue
+            values = group_scores(group, scores)
+            if values is None:
+                stats["skipped.group_no_score"] += 1
+                diagnostics.append(Diagnostic("info", f"not pruned: criterion {self.values['criterion']} has no "
+                                              "value for every producer (bn-scale needs a BatchNormalization "
+                                              "after each; run prune-channels before lossless)", group.name))
+                continue
+            ranked[index] = values
+        return ranked
+
+
+def _layers_to_refit(graph: gs.Graph, analysis: Analysis, keep: np.ndarray) -> list[Refit]:
+    """Every consumer that lost input channels, in graph order, with the output channels it keeps."""
+    lost = {id(node) for node, ids in analysis.edits.consumers if not keep[ids].all()}
+    outputs = {id(p.node): p for group in analysis.groups for p in group.producers}
+    layers = []
+    for node in graph.nodes:
+        if id(node) not in lost:
+            continue
+        producer = outputs.get(id(node))
+        if producer is not None:
+            axis = analysis.edits.carriers[node.outputs[0].name].axis
+            layers.append(Refit(node, keep[producer.ids], axis))
+        else:
+            layers.append(Refit(node, None, -1))
+    return layers
