@@ -43,6 +43,7 @@ from graphopt.pruning.selection import CRITERIA, SCOPES, channel_scores, choose,
 
 class PruneChannels(Pass):
     name = "prune-channels"
+    lossy = True
     summary = "remove whole output channels of Conv/Gemm/MatMul layers and re-fit what reads them (lossy)"
     options: ClassVar = (
         Option("ratio", float, 0.3, "fraction of each group's channels to remove, in [0, 1)", minimum=0.0,

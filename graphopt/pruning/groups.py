@@ -17,7 +17,9 @@ position ``i`` along ``axis`` holds channel ``ids[i]``. Nodes map channels from 
   bounds; on other axes they keep the list;
 * Flatten, and a Reshape that flattens the channel axis with the dimensions after it into one, map channel
   ``c`` to the block ``[c * inner, (c + 1) * inner)`` of the new axis (``inner`` = the product of the flattened
-  dimensions after the channel axis, static); a Gemm or MatMul reading it loses whole blocks of weight rows;
+  dimensions after the channel axis, static); a Gemm or MatMul reading it loses whole blocks of weight rows.
+  A Reshape that only merges dimensions after the channel axis keeps the list (an explicit channel count in
+  its target is recomputed);
 * Transpose moves the axis; Squeeze, Unsqueeze and reductions over other axes keep the list on the shifted axis;
   Softmax over another axis keeps it.
 
@@ -524,10 +526,16 @@ def _flatten_like(walk: _Walk, node: gs.Node, carried: list[Channels | None]) ->
     if node.op == "Reshape" and constant_value(node.inputs[1]) is None:
         walk.block_inputs(node, f"Reshape '{node.name}' has a computed target shape")
         return
-    before, after = node.inputs[0].shape, node.outputs[0].shape
-    start = _merged_from(node, before, after)
-    if start is None or start > source.axis or any(not isinstance(d, int) for d in before[start:]):
+    before = node.inputs[0].shape
+    start = _merged_from(node, before)
+    if start is None or any(not isinstance(d, int) for d in before[min(start, source.axis):]):
         walk.block_inputs(node, f"{node.op} '{node.name}' splits, moves or mixes the channel axis")
+        return
+    if start > source.axis:  # only dims after the channel axis merge: the channels stay where they are
+        walk.carry(node.outputs[0], source)
+        if node.op == "Reshape":
+            walk.edits.adjustments.append(lambda keep, names, n=node, i=source.ids, k=source.axis: _set_reshape_dim(
+                n, k, int(keep[i].sum()), names))
         return
     inner = math.prod(before[source.axis + 1:])
     outer = math.prod(before[start:source.axis])
@@ -538,24 +546,28 @@ def _flatten_like(walk: _Walk, node: gs.Node, carried: list[Channels | None]) ->
             lambda keep, names, n=node, i=ids, k=start: _set_reshape_dim(n, k, int(keep[i].sum()), names))
 
 
-def _merged_from(node: gs.Node, before, after) -> int | None:
-    if before is None or after is None:
+def _merged_from(node: gs.Node, before) -> int | None:
+    """The first input axis merged into the last output axis; the dims before it stay (a Reshape target
+    entry of 0 copies the input dim, and its one -1 can only stand for the input dim there)."""
+    if before is None:
         return None
     if node.op == "Flatten":
         return 1 if int(node.attrs.get("axis", 1)) % (len(before) + 1) == 1 else None
-    start = len(after) - 1
-    if start > len(before) or list(after[:start]) != list(before[:start]):
-        return None
+    target = constant_value(node.inputs[1])
+    start = len(target) - 1
     tail = before[start:]
-    if not all(isinstance(d, int) for d in tail) or after[start] != math.prod(tail):
+    if node.attrs.get("allowzero", 0) or start > len(before) or not all(isinstance(d, int) for d in tail):
         return None
-    return start
+    if any(t not in (0, -1) and t != d for t, d in zip(target[:start], before[:start], strict=False)):
+        return None
+    return start if target[start] in (-1, math.prod(tail)) else None
 
 
 def _set_reshape_dim(node: gs.Node, axis: int, size: int, names: NameAllocator) -> None:
     shape = np.array(constant_value(node.inputs[1]), copy=True)
-    if shape[axis] != -1:
-        shape[axis] = size
+    if shape[axis] in (0, -1):  # copied from the input, or inferred: right by itself
+        return
+    shape[axis] = size
     node.inputs[1] = gs.Constant(names.fresh(f"{node.inputs[1].name}_pruned"), shape)
 
 
