@@ -235,6 +235,68 @@ def lint_command(
         raise ValidationFailure(f"{errors} TensorRT QDQ error(s) in {model}")
 
 
+@app.command("prune-sensitivity")
+def prune_sensitivity_command(
+    model: Annotated[str, typer.Argument(help="ONNX model (best after lossless, so BatchNorms are folded)")],
+    data: Annotated[str, typer.Option(help=".npz file or folder of data to measure on")],
+    labels: Labels = None,
+    ratios: Annotated[str, typer.Option(help="comma-separated pruning ratios, each in (0, 1)")] = "0.25,0.5,0.75",
+    criterion: Annotated[str, typer.Option(help="l1, l2, bn-scale or activation")] = "l1",
+    reconstruct: Annotated[bool, typer.Option("--reconstruct", help="re-fit after pruning each group "
+                                              "(slower; shows what reconstruction recovers)")] = False,
+    samples: Annotated[int, typer.Option(help="samples measured (and used for the re-fit)", min=1)] = 256,
+    as_json: Annotated[str | None, typer.Option("--json", help="write the table as JSON to this file")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Prune each channel group of MODEL alone at each ratio and report the output error (and accuracy with
+    --labels), so ratios can be chosen before pruning. Nothing is written but the optional JSON."""
+    from graphopt.data import load_data
+    from graphopt.errors import UsageError
+    from graphopt.model import load
+    from graphopt.pruning.selection import CRITERIA
+    from graphopt.pruning.sensitivity import sensitivity
+
+    try:
+        values = [float(r) for r in ratios.split(",")]
+    except ValueError:
+        values = []
+    if not values or not all(0 < r < 1 for r in values):
+        raise UsageError(f"--ratios must be numbers in (0, 1) separated by commas, got {ratios!r}")
+    if criterion not in CRITERIA:
+        raise UsageError(f"--criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
+    loaded = load(model)
+    dataset = load_data(data, loaded)
+    if labels is not None and labels not in dataset.extras:
+        raise UsageError(f"no array '{labels}' in the data (it has: {', '.join(sorted(dataset.extras)) or 'none'})")
+    table = sensitivity(loaded, dataset, values, criterion, dataset.extras.get(labels) if labels else None,
+                        reconstruct, samples)
+    if as_json:
+        _write_text(as_json, json.dumps(table.to_dict(), indent=2))
+    if not quiet:
+        _print_sensitivity(table, values)
+
+
+def _print_sensitivity(table, ratios: list[float]) -> None:
+    from rich.table import Table
+
+    accuracy = table.baseline_accuracy is not None
+    grid = Table(title=f"prune-sensitivity ({table.criterion}, {table.samples} samples"
+                       + (f", baseline accuracy {table.baseline_accuracy:.2f}%" if accuracy else "") + ")")
+    grid.add_column("group (producers)", overflow="fold", ratio=2)
+    grid.add_column("channels", justify="right")
+    for ratio in ratios:
+        grid.add_column(f"ratio {ratio:g}: " + ("accuracy / " if accuracy else "") + "cosine", justify="right",
+                        ratio=1)
+    for group in table.groups:
+        name = "+".join(group.producers)
+        if group.declined:
+            grid.add_row(name, str(group.channels), *[f"declined: {group.declined}"] + [""] * (len(ratios) - 1))
+            continue
+        grid.add_row(name, str(group.channels), *[
+            (f"{c.accuracy:.2f}% / " if c.accuracy is not None else "") + f"{c.cosine:.4f}" for c in group.cells])
+    stdout.print(grid)
+
+
 def _validate(reference, candidate, data, labels, providers, require_provider, rtol, atol, threads, shape,
               rounds, batch_size, per_layer, latency):
     from graphopt.validate.providers import SessionSettings

@@ -7,6 +7,8 @@ first (their weights are zero), and the ratio is chosen so that exactly they go.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -386,3 +388,49 @@ def test_bad_options_are_one_line_and_exit_2(tmp_path, capsys, pipeline, message
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
     assert not target.exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sensitivity dry run
+
+
+def _sensitivity_net():
+    net = NetBuilder(shape=(4, 4, 8, 8))
+    h = net.relu(net.conv("x", 4, 8, dead=[1, 2, 3, 4], name="mostly_dead"))
+    h = net.relu(net.conv(h, 8, 8, name="live"))
+    h = net.op("Flatten", [net.op("GlobalAveragePool", [h])])
+    return net, net.model(net.gemm(h, 8, 3, name="fc"))
+
+
+def test_sensitivity_prunes_each_group_alone_and_measures_it(tmp_path, capsys):
+    net, model = _sensitivity_net()
+    source, data, report = tmp_path / "m.onnx", tmp_path / "d.npz", tmp_path / "s.json"
+    onnx.save(model, source)
+    feeds = net.feeds(32, seed=2)
+    labels = run_model(model, feeds)[model.graph.output[0].name].argmax(axis=1)
+    np.savez(data, x=feeds["x"], label=labels)
+    assert main(["prune-sensitivity", str(source), "--data", str(data), "--labels", "label", "--ratios",
+                 "0.5,0.75", "--json", str(report)]) == 0
+    table = json.loads(report.read_text())
+    assert table["schema"] == "graphopt.prune-sensitivity/1" and table["baseline_accuracy"] == 100.0
+    groups = {tuple(g["producers"]): g for g in table["groups"]}
+    dead, live = groups[("mostly_dead",)], groups[("live",)]
+    assert groups[("fc",)]["declined"].startswith("graph output")
+    # half of mostly_dead's channels are dead: removing them is free; 0.75 must cut a live one
+    assert dead["cells"][0]["channels_removed"] == 4 and dead["cells"][0]["cosine"] == pytest.approx(1.0)
+    assert dead["cells"][1]["cosine"] < 1.0 - 1e-6 and dead["cells"][0]["macs_ratio"] < 1.0
+    assert live["cells"][0]["cosine"] < 1.0 - 1e-6
+    assert "mostly_dead" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("args", "message"), [(["--ratios", "0.5,1.5"], "--ratios"),
+                                               (["--criterion", "taylor"], "--criterion"),
+                                               (["--labels", "nope"], "no array 'nope'")])
+def test_sensitivity_bad_options_exit_2(tmp_path, capsys, args, message):
+    net, model = _sensitivity_net()
+    source, data = tmp_path / "m.onnx", tmp_path / "d.npz"
+    onnx.save(model, source)
+    np.savez(data, x=net.feeds(8)["x"])
+    assert main(["prune-sensitivity", str(source), "--data", str(data), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
