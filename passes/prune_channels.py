@@ -51,6 +51,8 @@ class PruneChannels(Pass):
         Option("criterion", str, "l1", "how channels are ranked", choices=CRITERIA),
         Option("scope", str, "global", "global: one ranking over all groups (scores relative to the group's "
                "mean); local: ratio per group", choices=SCOPES),
+        Option("max_group_ratio", float, 0.8, "scope=global: the most of one group's channels removed",
+               minimum=0.0, maximum=1.0),
         Option("min_channels", int, 1, "channels each group keeps at least", minimum=1),
         Option("round_to", int, 1, "kept channel counts are rounded up to a multiple of this", minimum=1),
         Option("exclude", list, (), "producer node names whose groups are not pruned"),
@@ -85,7 +87,8 @@ class PruneChannels(Pass):
         diagnostics: list[Diagnostic] = []
         ranked = self._rank(analysis, scores, stats, diagnostics)
         keep = choose(analysis.groups, ranked, analysis.channel_count, values["ratio"], values["scope"],
-                      values["min_channels"], values["round_to"], analysis.edits.non_empty)
+                      values["min_channels"], values["round_to"], analysis.edits.non_empty,
+                      values["max_group_ratio"])
         if keep.all():
             return PassResult(False, dict(stats), tuple(diagnostics))
         original = export_with_gs(graph) if refit else None

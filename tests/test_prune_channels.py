@@ -434,3 +434,18 @@ def test_sensitivity_bad_options_exit_2(tmp_path, capsys, args, message):
     assert main(["prune-sensitivity", str(source), "--data", str(data), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_global_scope_never_removes_more_than_max_group_ratio_of_a_group():
+    """Weights all alike tie every channel: without the cap the first groups would lose everything."""
+    net = NetBuilder()
+    h = net.relu(net.conv("x", 4, 10, name="a"))
+    h = net.relu(net.conv(h, 10, 10, name="b"))
+    model = net.model(net.conv(h, 10, 2, name="c"))
+    for initializer in model.graph.initializer:
+        if initializer.dims and initializer.dims[0] == 10 and len(initializer.dims) == 4:
+            initializer.CopyFrom(onnx.numpy_helper.from_array(
+                np.full(tuple(initializer.dims), 0.02, np.float32), initializer.name))
+    pruned, stats, _ = prune(model, ratio=0.5, scope="global", max_group_ratio=0.6)
+    assert weight_shapes(pruned)["a"][0] == 4 and weight_shapes(pruned)["b"][0] == 6  # a at its cap, b takes the rest
+    assert stats["channels.removed"] == 10

@@ -15,7 +15,10 @@ consumers only through the residual Add, which carries its first operand's ids) 
 
 Choice. ``scope=local`` removes ``floor(C * ratio)`` of each group's ``C`` channels, the least important
 first. ``scope=global`` divides each group's scores by the group's mean score (so layers of different scale
-compare) and removes the least important ``ratio`` of all prunable channels wherever they are. Either way a
+compare) and removes the least important ``ratio`` of all prunable channels wherever they are, but never more
+than ``max_group_ratio`` of one group (a layer pruned to almost nothing is a bottleneck no re-fit repairs,
+and ties, as in a model whose weights are all alike, would otherwise empty the first groups): a group at its
+cap is passed over for the next least important channel elsewhere. Either way a
 group keeps at least ``min_channels`` channels (and at least one), and its kept count is rounded *up* to a
 multiple of ``round_to`` (efficient kernels like channel counts that are multiples of 8). A Split or Slice
 piece of the channel axis never becomes empty: its most important channel stays.
@@ -106,7 +109,7 @@ def kept_count(channels: int, ratio: float, min_channels: int, round_to: int) ->
 
 
 def choose(groups: list[Group], ranked: dict[int, np.ndarray], channel_count: int, ratio: float, scope: str,
-           min_channels: int, round_to: int, non_empty: list[np.ndarray]) -> np.ndarray:
+           min_channels: int, round_to: int, non_empty: list[np.ndarray], max_group_ratio: float = 1.0) -> np.ndarray:
     """The keep mask over channel ids. ``ranked`` maps the index of each group to prune to its channel
     scores; the channels of every other group are kept."""
     keep = np.ones(channel_count, bool)
@@ -116,16 +119,20 @@ def choose(groups: list[Group], ranked: dict[int, np.ndarray], channel_count: in
             count = len(scores) - kept_count(len(scores), ratio, min_channels, round_to)
             removed[index] = list(np.argsort(scores, kind="stable")[:count])
     else:
-        pool = [(scores[c] / (scores.mean() or 1.0), index, c) for index, scores in ranked.items()
-                for c in range(len(scores))]
-        pool.sort()
-        for _, index, channel in pool[:math.floor(len(pool) * ratio + 1e-9)]:
-            removed.setdefault(index, []).append(channel)
+        pool = sorted((scores[c] / (scores.mean() or 1.0), index, c) for index, scores in ranked.items()
+                      for c in range(len(scores)))
+        caps = {index: len(scores) - kept_count(len(scores), max_group_ratio, min_channels, 1)
+                for index, scores in ranked.items()}
+        wanted = math.floor(len(pool) * ratio + 1e-9)
+        for _, index, channel in pool:
+            if wanted == 0:
+                break
+            if len(removed.setdefault(index, [])) < caps[index]:
+                removed[index].append(channel)
+                wanted -= 1
         for index, channels in removed.items():
-            scores = ranked[index]
-            allowed = len(scores) - kept_count(len(scores), len(channels) / len(scores), min_channels, round_to)
-            channels.sort(key=lambda c, s=scores: s[c])
-            del channels[allowed:]
+            count = len(ranked[index])
+            del channels[count - kept_count(count, len(channels) / count, min_channels, round_to):]
     owner = {}
     for index, channels in removed.items():
         for channel in channels:
