@@ -49,8 +49,8 @@ class PruneChannels(Pass):
         Option("ratio", float, 0.3, "fraction of each group's channels to remove, in [0, 1)", minimum=0.0,
                maximum=1.0),
         Option("criterion", str, "l1", "how channels are ranked", choices=CRITERIA),
-        Option("scope", str, "global", "global: one ranking over all groups (scores relative to the group's "
-               "mean); local: ratio per group", choices=SCOPES),
+        Option("scope", str, "local", "local: ratio per group; global: one ranking over all groups (scores "
+               "relative to the group's mean)", choices=SCOPES),
         Option("max_group_ratio", float, 0.8, "scope=global: the most of one group's channels removed",
                minimum=0.0, maximum=1.0),
         Option("min_channels", int, 1, "channels each group keeps at least", minimum=1),
@@ -132,7 +132,7 @@ class PruneChannels(Pass):
 
 def _layers_to_refit(graph: gs.Graph, analysis: Analysis, keep: np.ndarray) -> list[Refit]:
     """Every consumer that lost input channels, in graph order, with the output channels it keeps."""
-    lost = {id(node) for node, ids in analysis.edits.consumers if not keep[ids].all()}
+    lost = {id(c.node) for c in analysis.edits.consumers if not keep[c.ids].all()}
     outputs = {id(p.node): p for group in analysis.groups for p in group.producers}
     layers = []
     for node in graph.nodes:

@@ -149,11 +149,12 @@ def test_split_on_channels_gets_new_sizes():
 
 def test_slice_on_channels_gets_new_bounds():
     net = NetBuilder()
-    h = net.relu(net.conv("x", 4, 8, dead=[0, 3], name="conv"))
+    h = net.relu(net.conv("x", 4, 8, dead=[3, 4], name="conv"))
     s = net.op("Slice", [h, net.const(np.array([2], np.int64)), net.const(np.array([6], np.int64)),
                          net.const(np.array([1], np.int64))])
     out = net.conv(s, 4, 2, name="after")
-    exact(net, out, 0.25, {"conv": (6, 4, 3, 3), "after": (2, 3, 3, 3)})
+    # channels 0, 1, 6, 7 are read by nobody (l1 scores them 0), 3 and 4 are dead: 6 of 8 go, exactly
+    exact(net, out, 0.75, {"conv": (2, 4, 3, 3), "after": (2, 2, 3, 3)})
 
 
 def test_per_channel_constants_are_sliced_and_broadcast_ones_left():
@@ -443,7 +444,7 @@ def test_global_scope_never_removes_more_than_max_group_ratio_of_a_group():
     h = net.relu(net.conv(h, 10, 10, name="b"))
     model = net.model(net.conv(h, 10, 2, name="c"))
     for initializer in model.graph.initializer:
-        if initializer.dims and initializer.dims[0] == 10 and len(initializer.dims) == 4:
+        if len(initializer.dims) == 4:
             initializer.CopyFrom(onnx.numpy_helper.from_array(
                 np.full(tuple(initializer.dims), 0.02, np.float32), initializer.name))
     pruned, stats, _ = prune(model, ratio=0.5, scope="global", max_group_ratio=0.6)

@@ -88,6 +88,15 @@ class Producer:
     ids: np.ndarray
 
 
+@dataclasses.dataclass(frozen=True)
+class Consumer:
+    """A layer reading channels ``ids`` of its input 0; ``weight_axis`` is its weight's input-channel axis."""
+
+    node: gs.Node
+    weight_axis: int
+    ids: np.ndarray
+
+
 @dataclasses.dataclass
 class Group:
     """Producers whose channels are coupled. ``channels`` lists each prunable channel as the ids removed
@@ -111,7 +120,7 @@ class Edits:
 
     slices: list[SliceRole] = dataclasses.field(default_factory=list)
     adjustments: list[Callable[[np.ndarray, NameAllocator], None]] = dataclasses.field(default_factory=list)
-    consumers: list[tuple[gs.Node, np.ndarray]] = dataclasses.field(default_factory=list)
+    consumers: list[Consumer] = dataclasses.field(default_factory=list)
     carriers: dict[str, Channels] = dataclasses.field(default_factory=dict)
     non_empty: list[np.ndarray] = dataclasses.field(default_factory=list)
 
@@ -268,7 +277,7 @@ def _conv(walk: _Walk, node: gs.Node, carried: list[Channels | None]) -> None:
                 walk.block(node.inputs[0], f"{node.op} '{node.name}' reads channels off its channel axis")
             else:
                 walk.slice(node, 1, 0 if transposed else 1, source.ids)
-                walk.edits.consumers.append((node, source.ids))
+                walk.edits.consumers.append(Consumer(node, 0 if transposed else 1, source.ids))
         _add_producer(walk, node, 1 if transposed else 0, c_out, 1, 2 if has_bias else None)
         return
     depthwise = not transposed and weight.shape[1] == 1 and c_out == c_in == group
@@ -305,7 +314,7 @@ def _gemm(walk: _Walk, node: gs.Node, carried: list[Channels | None]) -> None:
             walk.block(node.inputs[0], f"Gemm '{node.name}' reads channels off its feature axis")
         else:
             walk.slice(node, 1, 1 if trans_b else 0, source.ids)
-            walk.edits.consumers.append((node, source.ids))
+            walk.edits.consumers.append(Consumer(node, 1 if trans_b else 0, source.ids))
     count = weight.shape[0 if trans_b else 1]
     if has_bias and bias.values.ndim and bias.values.shape[-1] == count and bias.values.size == count:
         _add_producer(walk, node, 0 if trans_b else 1, count, 1, 2)
@@ -325,7 +334,7 @@ def _matmul(walk: _Walk, node: gs.Node, carried: list[Channels | None]) -> None:
             walk.block(node.inputs[0], f"MatMul '{node.name}' reads channels off its last axis")
         else:
             walk.slice(node, 1, 0, source.ids)
-            walk.edits.consumers.append((node, source.ids))
+            walk.edits.consumers.append(Consumer(node, 0, source.ids))
     out_rank = _rank(node.outputs[0])
     if out_rank is not None and out_rank >= 1:
         _add_producer(walk, node, 1, weight.shape[1], out_rank - 1, None)

@@ -3,7 +3,10 @@
 Importance of a prunable channel (a connected component of coupled producer channels, ``groups.Group``) is
 the sum over its member channels of:
 
-* ``l1`` / ``l2``: the L1 / L2 norm of the producer's weight slice for that output channel;
+* ``l1`` / ``l2``: the norm of the producers' weight slices for that output channel (summed over the
+  coupled members) times the norm of the consumers' weight slices for it as an input channel: what writes the
+  channel times what reads it, about the size of its contribution downstream (a channel nobody writes or
+  nobody reads scores 0);
 * ``bn-scale``: ``|gamma|`` of the BatchNormalization that alone reads the producer's output (network
   slimming); a group where no producer is followed by one cannot be ranked this way and is not pruned (run
   ``prune-channels`` before ``lossless`` folds BatchNorms into the convolutions);
@@ -42,15 +45,14 @@ SCOPES = ("local", "global")
 
 def channel_scores(analysis: Analysis, criterion: str, graph: gs.Graph, data: Dataset | None,
                    batch_size: int = 32, samples: int = 256) -> np.ndarray:
-    """Importance per channel id (``analysis.channel_count`` values); NaN where the criterion has no value."""
+    """Importance per channel id (``analysis.channel_count`` values; NaN where the criterion has no value),
+    or for ``l1``/``l2`` two rows: the norms of what writes each channel and of what reads it."""
     scores = np.full(analysis.channel_count, np.nan)
     if criterion in ("l1", "l2"):
         order = 1 if criterion == "l1" else 2
-        for group in analysis.groups:
-            for producer in group.producers:
-                weight = np.asarray(producer.node.inputs[1].values, np.float64)
-                moved = np.moveaxis(weight, producer.weight_axis, 0).reshape(len(producer.ids), -1)
-                scores[producer.ids] = np.linalg.norm(moved, ord=order, axis=1)
+        writes = _norms([p for group in analysis.groups for p in group.producers], order, analysis.channel_count)
+        reads = _norms(analysis.edits.consumers, order, analysis.channel_count)
+        return np.stack([writes, reads])
     elif criterion == "bn-scale":
         for group in analysis.groups:
             for producer in group.producers:
@@ -63,10 +65,20 @@ def channel_scores(analysis: Analysis, criterion: str, graph: gs.Graph, data: Da
     return scores
 
 
+def _norms(layers, order: int, count: int) -> np.ndarray:
+    """Per channel id, the summed norms of the layers' weight slices along their ``weight_axis``."""
+    norms = np.zeros(count)
+    for layer in layers:
+        weight = np.asarray(layer.node.inputs[1].values, np.float64)
+        moved = np.moveaxis(weight, layer.weight_axis, 0).reshape(len(layer.ids), -1)
+        norms += np.bincount(layer.ids, weights=np.linalg.norm(moved, ord=order, axis=1), minlength=count)
+    return norms
+
+
 def _activation_scores(analysis: Analysis, graph: gs.Graph, data: Dataset, batch_size: int,
                        samples: int) -> np.ndarray:
-    read = {node.inputs[0].name: analysis.edits.carriers[node.inputs[0].name]
-            for node, _ in analysis.edits.consumers}
+    read = {c.node.inputs[0].name: analysis.edits.carriers[c.node.inputs[0].name]
+            for c in analysis.edits.consumers}
     names = list(read)
     session = cpu_session(with_outputs(export_with_gs(graph), names))
     sums = {name: np.zeros(len(read[name].ids)) for name in names}
@@ -95,6 +107,8 @@ def _activation_scores(analysis: Analysis, graph: gs.Graph, data: Dataset, batch
 def group_scores(group: Group, scores: np.ndarray) -> np.ndarray | None:
     """Importance of each of the group's channels: the sum over its coupled member channels that have a
     value; None when the criterion has no value for any member of some channel."""
+    if scores.ndim == 2:  # weight norms: what writes the channel times what reads it
+        return np.array([scores[0, c].sum() * scores[1, c].sum() for c in group.channels])
     if any(np.isnan(scores[channel]).all() for channel in group.channels):
         return None
     return np.array([np.nansum(scores[channel]) for channel in group.channels])
