@@ -572,6 +572,8 @@ class QuantizeQDQ(Pass):
                "class (outputs shaped [N, classes]) is the float model's", minimum=0.0, maximum=1.0),
         Option("min_speedup", float, 1.0, "mode=auto: least float / int8 latency on the target (1: never "
                "slower; 0: any)", minimum=0.0),
+        Option("latency_batch", int, 1, "mode=auto: samples per call when timing int8 against float (the batch "
+               "size you deploy with; at most the held-out samples)", minimum=1),
         Option("holdout_fraction", float, 0.2, "mode=auto: share of the data held out of calibration to check "
                "the budget on (at least 8 samples, at most half)", minimum=0.01, maximum=0.5),
         Option("max_fallback_steps", int, 8, "mode=auto: steps of the search, each doubling the nodes kept in "
@@ -612,7 +614,8 @@ class QuantizeQDQ(Pass):
         tensors = [entry.tensor for entry in placement.tensors.values()]
         ranges = self._calibrate(model, tensors, split.calibration, rules)
         budget = auto.Budget(self.values["max_accuracy_drop"], self.values["min_cosine"],
-                             self.values["min_top1_agreement"], self.values["min_speedup"])
+                             self.values["min_top1_agreement"], self.values["min_speedup"],
+                             self.values["latency_batch"])
         outcome = auto.choose_variant(lambda fallback: self._variant(graph, rules, ranges, fallback), model, split,
                                       budget, self.values["max_fallback_steps"], rules.provider,
                                       self.measure_latency)

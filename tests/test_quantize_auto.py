@@ -405,12 +405,23 @@ def test_labels_without_class_scores_are_judged_by_fidelity():
     assert auto.accuracy_labels(auto.run_deployed(reference, [feeds]), Dataset(feeds, {"label": np.zeros(3)})) is None
 
 
-def choose_on_tiny(latency: auto.LatencyProbe, provider: str = "cpu") -> auto.Outcome:
+def choose_on_tiny(latency: auto.LatencyProbe, provider: str = "cpu", latency_batch: int = 1) -> auto.Outcome:
     """``choose_variant`` where every variant is the float model itself (so within any budget) with one layer."""
     reference = parse_model(TINY)
     split = auto.split_holdout(Dataset(random_feeds(reference, batch=20)), 0.2)
     return auto.choose_variant(lambda fallback: auto.Variant(fallback, reference, (layer("y", ["x"]),)), reference,
-                               split, auto.Budget(0.5, 0.99, 0.99, min_speedup=1.0), 4, provider, latency)
+                               split, auto.Budget(0.5, 0.99, 0.99, 1.0, latency_batch), 4, provider, latency)
+
+
+@pytest.mark.parametrize(("latency_batch", "timed"), [(1, 1), (4, 4), (64, 8)])  # 8 samples are held out
+def test_choose_variant_times_at_the_latency_batch(latency_batch, timed):
+    batches = []
+
+    def probe(reference, candidate, feeds, provider):
+        batches.append(len(next(iter(feeds.values()))))
+        return fake_latency(1.5)(reference, candidate, feeds, provider)
+    choose_on_tiny(probe, latency_batch=latency_batch)
+    assert batches == [timed]
 
 
 @pytest.mark.parametrize("speedup, kept", [(1.2, True), (0.9, False)])

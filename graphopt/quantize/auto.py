@@ -44,8 +44,10 @@ most ``max_steps`` steps, so at most ``2 * max_steps + 1`` variants are built an
 without int8 nodes is the float model: it ends the search, unjudged.
 
 Decision (``choose_variant``): the variant found is timed against the float model (``measure_latency``:
-sessions with all of onnxruntime's optimizations, one thread, on the target's provider; one held-out sample
-(all the data when nothing was held out); warm-up, then rounds in which the two alternate,
+sessions with all of onnxruntime's optimizations, one thread, on the target's provider; a batch of
+``latency_batch`` held-out samples, or as many as were held out (all the data when nothing was held out): a
+small net can be slower in int8 at batch 1 and faster at batch 64, so the decision is made at the batch size
+the model is deployed with; warm-up, then rounds in which the two alternate,
 ``graphopt.validate.latency.measure_interleaved``, at most ``LATENCY_ROUNDS`` rounds and about
 ``LATENCY_BUDGET_SECONDS``). It is kept when its speedup (median over rounds of float / int8 time) is at
 least ``min_speedup``; otherwise, and when no variant met the budget, the float model is kept. Only the
@@ -91,6 +93,7 @@ class Budget:
     min_cosine: float
     min_top1_agreement: float
     min_speedup: float
+    latency_batch: int = 1  # held-out samples per call when timing: the batch the model is deployed with
 
 
 @dataclasses.dataclass(frozen=True)
@@ -451,7 +454,7 @@ def choose_variant(build: Callable[[tuple[str, ...]], Variant], reference: onnx.
     if found.variant is None:
         return dataclasses.replace(outcome, reason="over_budget")
     try:
-        measured = latency(reference, found.variant.model, split.feeds(1), provider)
+        measured = latency(reference, found.variant.model, split.feeds(budget.latency_batch), provider)
     except ProviderUnavailable as unavailable:
         return dataclasses.replace(outcome, latency_problem=str(unavailable))
     if measured.speedup >= budget.min_speedup:
