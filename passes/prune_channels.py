@@ -131,17 +131,20 @@ class PruneChannels(Pass):
 
 
 def _layers_to_refit(graph: gs.Graph, analysis: Analysis, keep: np.ndarray) -> list[Refit]:
-    """Every consumer that lost input channels, in graph order, with the output channels it keeps."""
-    lost = {id(c.node) for c in analysis.edits.consumers if not keep[c.ids].all()}
+    """Every consumer that lost input channels and every depthwise Conv that lost channels, in graph order,
+    with the output channels each keeps."""
+    lost = {id(c.node): c for c in analysis.edits.consumers + analysis.edits.depthwise if not keep[c.ids].all()}
     outputs = {id(p.node): p for group in analysis.groups for p in group.producers}
+    depthwise = {id(c.node) for c in analysis.edits.depthwise}
     layers = []
     for node in graph.nodes:
         if id(node) not in lost:
             continue
         producer = outputs.get(id(node))
         if producer is not None:
-            axis = analysis.edits.carriers[node.outputs[0].name].axis
-            layers.append(Refit(node, keep[producer.ids], axis))
+            layers.append(Refit(node, keep[producer.ids], analysis.edits.carriers[node.outputs[0].name].axis))
+        elif id(node) in depthwise:
+            layers.append(Refit(node, keep[lost[id(node)].ids], 1))
         else:
             layers.append(Refit(node, None, -1))
     return layers

@@ -115,12 +115,13 @@ class Group:
 class Edits:
     """Everything that changes when channels go: constants to slice, attributes and shape constants to
     recompute (``adjustments``, each called with the boolean keep mask over all channel ids and a name
-    allocator for the constants it makes), and the
-    consumers whose inputs lose channels (the layers reconstruction re-fits)."""
+    allocator for the constants it makes), the consumers whose inputs lose channels and the depthwise Convs
+    that channels pass through (the layers reconstruction re-fits)."""
 
     slices: list[SliceRole] = dataclasses.field(default_factory=list)
     adjustments: list[Callable[[np.ndarray, NameAllocator], None]] = dataclasses.field(default_factory=list)
     consumers: list[Consumer] = dataclasses.field(default_factory=list)
+    depthwise: list[Consumer] = dataclasses.field(default_factory=list)
     carriers: dict[str, Channels] = dataclasses.field(default_factory=dict)
     non_empty: list[np.ndarray] = dataclasses.field(default_factory=list)
 
@@ -293,6 +294,7 @@ def _conv(walk: _Walk, node: gs.Node, carried: list[Channels | None]) -> None:
         walk.block(node.inputs[0], f"{node.op} '{node.name}' reads channels off its channel axis")
         return
     walk.slice(node, 1, 0, source.ids)
+    walk.edits.depthwise.append(Consumer(node, 0, source.ids))
     if has_bias:
         walk.slice(node, 2, 0, source.ids)
     walk.edits.adjustments.append(lambda keep, names, n=node, ids=source.ids: n.attrs.__setitem__(

@@ -1,7 +1,7 @@
 """Reconstruction: re-fit the layers that lost input channels so their outputs match the unpruned model's.
 
-For each such layer L (Conv with ``group=1`` in 2-D, Gemm, MatMul with a constant 2-D weight), in
-topological order, on calibration data:
+For each such layer L (2-D Conv, Gemm, MatMul with a constant 2-D weight), and each depthwise Conv whose
+channels were pruned, in topological order, on calibration data:
 
 * ``X``: L's input in the *pruned* model as re-fitted so far (so errors of earlier layers are compensated,
   not accumulated), unrolled into rows ``A`` of what one output value is computed from: for a Conv, im2col
@@ -13,7 +13,9 @@ topological order, on calibration data:
   ``min_W ||[A 1] W - T||^2 + lambda ||W_weights||^2``,  ``lambda = ridge * trace(A^T A) / d``
   (``d`` columns of ``A``; the bias row, the column of ones, is not penalized), through the normal equations
   ``(G + lambda I') W = [A 1]^T T`` with ``G = [A 1]^T [A 1]`` accumulated batch by batch in float64: memory is
-  one batch of activations plus ``d x d``, never all samples' activations.
+  one batch of activations plus ``d x d``, never all samples' activations. A grouped Conv (depthwise
+  included) is ``G`` independent problems, one per group: group ``g``'s outputs from its own input channels
+  (for a depthwise Conv, ``d = k_h * k_w`` per channel).
 
 The fitted bias is the *bias correction*: the mean contribution of the removed channels (and any mean shift of
 the kept ones) moves into the bias, which the Conv gets even when it had none. MatMul has no bias, so it is
@@ -71,9 +73,8 @@ def reconstruct(graph: gs.Graph, original: onnx.ModelProto, layers: list[Refit],
 
 def _unsupported(node: gs.Node) -> str | None:
     if node.op == "Conv":
-        weight = node.inputs[1].values
-        if weight.ndim != 4 or node.attrs.get("group", 1) != 1:
-            return "only 2-D convolutions with group=1 are re-fitted"
+        if node.inputs[1].values.ndim != 4:
+            return "only 2-D convolutions are re-fitted"
         if node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
             return "auto_pad convolutions are not re-fitted"
         return None
@@ -95,12 +96,16 @@ def _batches(data: Dataset, batch_size: int, samples: int):
 
 
 def _rows(node: gs.Node, x: np.ndarray, y: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray, bool]:
-    """(A, T, with_bias) for one batch."""
+    """(A, T, with_bias) for one batch: A ``[G, rows, d]``, T ``[G, rows, C_out / G]`` (G: Conv groups, else 1)."""
     if node.op == "Conv":
-        return _im2col(node, x), np.moveaxis(y, 1, -1).reshape(-1, y.shape[1]), True
+        groups = int(node.attrs.get("group", 1))
+        patches = _im2col(node, x)  # [rows, C_in * k_h * k_w], channel-major: groups are consecutive blocks
+        targets = np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
+        return (patches.reshape(len(patches), groups, -1).transpose(1, 0, 2),
+                targets.reshape(len(targets), groups, -1).transpose(1, 0, 2), True)
     if node.op == "Gemm":
-        return x, y, True
-    return x.reshape(-1, x.shape[-1]), np.moveaxis(y, axis, -1).reshape(-1, y.shape[axis]), False
+        return x[None], y[None], True
+    return x.reshape(1, -1, x.shape[-1]), np.moveaxis(y, axis, -1).reshape(1, -1, y.shape[axis]), False
 
 
 def _im2col(node: gs.Node, x: np.ndarray) -> np.ndarray:
@@ -118,6 +123,8 @@ def _im2col(node: gs.Node, x: np.ndarray) -> np.ndarray:
 
 
 class _NormalEquations:
+    """``G`` independent ridge problems (one per convolution group), accumulated batch by batch."""
+
     def __init__(self) -> None:
         self.gram: np.ndarray | None = None
         self.cross: np.ndarray | None = None
@@ -126,22 +133,23 @@ class _NormalEquations:
     def add(self, a: np.ndarray, t: np.ndarray, with_bias: bool) -> None:
         a = a.astype(np.float64)
         if with_bias:
-            a = np.hstack([a, np.ones((len(a), 1))])
-        gram, cross = a.T @ a, a.T @ t.astype(np.float64)
+            a = np.concatenate([a, np.ones((*a.shape[:2], 1))], axis=2)
+        gram, cross = np.einsum("grd,gre->gde", a, a), np.einsum("grd,gre->gde", a, t.astype(np.float64))
         self.with_bias = with_bias
         self.gram = gram if self.gram is None else self.gram + gram
         self.cross = cross if self.cross is None else self.cross + cross
 
     def solve(self, ridge: float) -> np.ndarray:
-        """``[d (+1), C_out]``: weight rows, then the bias row when fitted with one."""
-        columns = len(self.gram) - (1 if self.with_bias else 0)
-        penalty = ridge * np.trace(self.gram[:columns, :columns]) / max(columns, 1)
+        """``[G, d (+1), C_out / G]``: per group, weight rows, then the bias row when fitted with one."""
+        columns = self.gram.shape[1] - (1 if self.with_bias else 0)
+        diagonal = np.arange(columns)
+        penalty = ridge * self.gram[:, diagonal, diagonal].sum(axis=1) / max(columns, 1)
         regular = self.gram.copy()
-        regular[np.arange(columns), np.arange(columns)] += max(penalty, 1e-12)
+        regular[:, diagonal, diagonal] += np.maximum(penalty, 1e-12)[:, None]
         try:
             return np.linalg.solve(regular, self.cross)
         except np.linalg.LinAlgError:  # singular even with the penalty (an input that is always 0)
-            return np.linalg.lstsq(regular, self.cross, rcond=None)[0]
+            return np.stack([np.linalg.lstsq(g, c, rcond=None)[0] for g, c in zip(regular, self.cross, strict=True)])
 
 
 def _write(node: gs.Node, solution: np.ndarray, names: NameAllocator) -> None:
@@ -149,13 +157,14 @@ def _write(node: gs.Node, solution: np.ndarray, names: NameAllocator) -> None:
     dtype = weight.values.dtype
     if node.op == "Conv":
         c_out, c_in, k_h, k_w = weight.values.shape
-        new_weight = solution[:-1].T.reshape(c_out, c_in, k_h, k_w)
-        _set_bias(node, solution[-1], dtype, names)
+        # group g's output o is channel g * (C_out / G) + o; its weights are rows [:-1] of column o
+        new_weight = solution[:, :-1, :].transpose(0, 2, 1).reshape(c_out, c_in, k_h, k_w)
+        _set_bias(node, solution[:, -1, :].reshape(c_out), dtype, names)
     elif node.op == "Gemm":
-        new_weight = solution[:-1].T if node.attrs.get("transB", 0) else solution[:-1]
-        _set_bias(node, solution[-1], dtype, names)
+        new_weight = solution[0, :-1].T if node.attrs.get("transB", 0) else solution[0, :-1]
+        _set_bias(node, solution[0, -1], dtype, names)
     else:
-        new_weight = solution
+        new_weight = solution[0]
     node.inputs[1] = gs.Constant(names.fresh(f"{weight.name}_refit"), np.ascontiguousarray(new_weight.astype(dtype)))
 
 
