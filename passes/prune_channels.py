@@ -80,7 +80,7 @@ class PruneChannels(Pass):
                 raise UsageError(f"{self.name}: {what} needs calibration data (--data)")
         if values["ratio"] == 0.0:
             return PassResult(False, {"skipped.ratio_zero": 1})
-        analysis = analyse(graph, frozenset(values["exclude"]))
+        analysis = ctx.analyses.get(analyse, graph)
         scores = channel_scores(analysis, values["criterion"], graph, ctx.data, values["batch_size"],
                                 values["samples"])
         stats: collections.Counter[str] = collections.Counter(groups=len(analysis.groups))
@@ -114,10 +114,11 @@ class PruneChannels(Pass):
     def _rank(self, analysis: Analysis, scores: np.ndarray, stats, diagnostics) -> dict[int, np.ndarray]:
         ranked = {}
         for index, group in enumerate(analysis.groups):
-            if group.blocked:
-                key = "excluded" if all(r.startswith("excluded") for r in group.blocked) else "blocked"
-                stats[f"skipped.group_{key}"] += 1
-                diagnostics.append(Diagnostic("info", "not pruned: " + "; ".join(group.blocked), group.name))
+            excluded = [p.node.name for p in group.producers if p.node.name in self.values["exclude"]]
+            if group.blocked or excluded:
+                stats["skipped.group_blocked" if group.blocked else "skipped.group_excluded"] += 1
+                reasons = [*group.blocked, *([f"excluded: {', '.join(excluded)}"] if excluded else [])]
+                diagnostics.append(Diagnostic("info", "not pruned: " + "; ".join(reasons), group.name))
                 continue
             values = group_scores(group, scores)
             if values is None:

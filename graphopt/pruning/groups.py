@@ -133,8 +133,10 @@ class Analysis:
     channel_count: int
 
 
-def analyse(graph: gs.Graph, exclude: frozenset[str] = frozenset()) -> Analysis:
-    """The channel groups of ``graph`` (topologically sorted, shapes inferred) and the edits pruning needs."""
+def analyse(graph: gs.Graph) -> Analysis:
+    """The channel groups of ``graph`` (topologically sorted, shapes inferred) and the edits pruning needs.
+    An analysis in ``graphopt.analysis``'s sense: passes get it cached with ``ctx.analyses.get(analyse, graph)``
+    and must not change it."""
     walk = _Walk(graph)
     for node in graph.nodes:
         walk.visit(node)
@@ -143,12 +145,7 @@ def analyse(graph: gs.Graph, exclude: frozenset[str] = frozenset()) -> Analysis:
     for name in _names_read_in_subgraphs(graph):
         if name in walk.edits.carriers:
             walk.block_ids(walk.edits.carriers[name].ids, f"a subgraph reads '{name}'")
-    groups = walk.groups()
-    for group in groups:
-        excluded = [p.node.name for p in group.producers if p.node.name in exclude]
-        if excluded:
-            group.blocked.append(f"excluded: {', '.join(excluded)}")
-    return Analysis(groups, walk.edits, walk.next_id)
+    return Analysis(walk.groups(), walk.edits, walk.next_id)
 
 
 def _names_read_in_subgraphs(graph: gs.Graph) -> set[str]:
