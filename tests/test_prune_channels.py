@@ -8,6 +8,7 @@ first (their weights are zero), and the ratio is chosen so that exactly they go.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -453,3 +454,27 @@ def test_global_scope_never_removes_more_than_max_group_ratio_of_a_group():
     pruned, stats, _ = prune(model, ratio=0.5, scope="global", max_group_ratio=0.6)
     assert weight_shapes(pruned)["a"][0] == 4 and weight_shapes(pruned)["b"][0] == 6  # a at its cap, b takes the rest
     assert stats["channels.removed"] == 10
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The onnx package's light models: shufflenet's channel shuffle is declined, resnet50 is pruned; both stay valid
+
+
+@pytest.mark.parametrize(("name", "declined_because", "pruned"), [
+    ("shufflenet", "splits, moves or mixes the channel axis", False),
+    ("resnet50", "normalizes over the channel axis", True),
+])
+def test_light_models_are_pruned_or_declined_with_reasons(name, declined_because, pruned):
+    light = Path(onnx.__file__).resolve().parent / "backend" / "test" / "data" / "light" / f"light_{name}.onnx"
+    folded = graphopt.optimize(str(light), passes="fold(max_growth=inf),lossless").model  # weights as initializers
+    result = graphopt.optimize(folded, passes="prune-channels(ratio=0.5)")
+    onnx.checker.check_model(result.model, full_check=True)
+    record = next(r for r in result.report.passes if r.name == "prune-channels")
+    assert any(declined_because in str(d) for d in record.result.diagnostics)
+    assert (record.result.stats.get("groups.pruned", 0) > 0) == pruned
+    feeds = {folded.graph.input[0].name: np.random.default_rng(0).standard_normal(
+        [d.dim_value for d in folded.graph.input[0].type.tensor_type.shape.dim]).astype(np.float32)}
+    before, after = run_model(folded, feeds), run_model(result.model, feeds)
+    assert {k: v.shape for k, v in before.items()} == {k: v.shape for k, v in after.items()}
+    if not pruned:
+        np.testing.assert_array_equal(next(iter(after.values())), next(iter(before.values())))
