@@ -245,6 +245,8 @@ def prune_sensitivity_command(
     reconstruct: Annotated[bool, typer.Option("--reconstruct", help="re-fit after pruning each group "
                                               "(slower; shows what reconstruction recovers)")] = False,
     samples: Annotated[int, typer.Option(help="samples measured (and used for the re-fit)", min=1)] = 256,
+    round_to: Annotated[int, typer.Option(help="kept channel counts rounded up to a multiple of this",
+                                          min=1)] = 8,
     as_json: Annotated[str | None, typer.Option("--json", help="write the table as JSON to this file")] = None,
     quiet: Quiet = False,
 ) -> None:
@@ -269,7 +271,7 @@ def prune_sensitivity_command(
     if labels is not None and labels not in dataset.extras:
         raise UsageError(f"no array '{labels}' in the data (it has: {', '.join(sorted(dataset.extras)) or 'none'})")
     table = sensitivity(loaded, dataset, values, criterion, dataset.extras.get(labels) if labels else None,
-                        reconstruct, samples)
+                        reconstruct, samples, round_to)
     if as_json:
         _write_text(as_json, json.dumps(table.to_dict(), indent=2))
     if not quiet:

@@ -20,6 +20,12 @@ in ``exclude``), ``no_score`` (``criterion=bn-scale`` without a BatchNormalizati
 layer that could not be re-fitted: ``skipped.reconstruction`` with a diagnostic. Only the main graph is
 pruned; channels read inside If/Loop/Scan bodies block their group.
 
+Channel counts. ``round_to=8`` by default: onnxruntime's CPU convolutions run channels in blocks (8 with
+AVX2, 16 with AVX-512) and fall back to much slower kernels otherwise: measured here (AVX-512), a chain of
+3x3 convolutions runs at 34-42 GMAC/s with 16 or 32 channels and 19-21 GMAC/s with 20, 23 or 31, so
+the small MobileNetV2 pruned at ratio 0.3 to unrounded counts ran at 0.31x the original's speed, and 1.33x
+rounded to 8.
+
 Errors (exit 2): a ratio outside [0, 1); an unknown criterion or scope; ``criterion=activation`` or
 ``reconstruct=true`` without calibration data.
 """
@@ -54,7 +60,8 @@ class PruneChannels(Pass):
         Option("max_group_ratio", float, 0.8, "scope=global: the most of one group's channels removed",
                minimum=0.0, maximum=1.0),
         Option("min_channels", int, 1, "channels each group keeps at least", minimum=1),
-        Option("round_to", int, 1, "kept channel counts are rounded up to a multiple of this", minimum=1),
+        Option("round_to", int, 8, "kept channel counts are rounded up to a multiple of this (8: what blocked "
+               "CPU kernels and tensor cores take; 16 on AVX-512 machines; 1: none)", minimum=1),
         Option("exclude", list, (), "producer node names whose groups are not pruned"),
         Option("reconstruct", str, "auto", "re-fit layers on calibration data: auto (when data is given), "
                "true, false", choices=("auto", "true", "false")),

@@ -24,7 +24,7 @@ from passes.prune_channels import PruneChannels
 
 
 def prune(model, data=None, **options):
-    options = {"criterion": "l1", "scope": "local", **options}
+    options = {"criterion": "l1", "scope": "local", "round_to": 1, **options}
     result = graphopt.optimize(model, passes=PruneChannels(**options), data=data, check_changed=True)
     onnx.checker.check_model(result.model, full_check=True)
     record = next(r for r in result.report.passes if r.name == "prune-channels")
@@ -260,7 +260,7 @@ def test_split_piece_never_becomes_empty():
 
 
 def _declined(model, reason_part, **options):
-    result = graphopt.optimize(model, passes=PruneChannels(ratio=0.5, **options), check_changed=True)
+    result = graphopt.optimize(model, passes=PruneChannels(ratio=0.5, round_to=1, **options), check_changed=True)
     record = next(r for r in result.report.passes if r.name == "prune-channels")
     messages = [str(d) for d in record.result.diagnostics]
     assert any(reason_part in m for m in messages), messages
@@ -415,7 +415,7 @@ def test_sensitivity_prunes_each_group_alone_and_measures_it(tmp_path, capsys):
     labels = run_model(model, feeds)[model.graph.output[0].name].argmax(axis=1)
     np.savez(data, x=feeds["x"], label=labels)
     assert main(["prune-sensitivity", str(source), "--data", str(data), "--labels", "label", "--ratios",
-                 "0.5,0.75", "--json", str(report)]) == 0
+                 "0.5,0.75", "--round-to", "1", "--json", str(report)]) == 0
     table = json.loads(report.read_text())
     assert table["schema"] == "graphopt.prune-sensitivity/1" and table["baseline_accuracy"] == 100.0
     groups = {tuple(g["producers"]): g for g in table["groups"]}
@@ -467,7 +467,7 @@ def test_global_scope_never_removes_more_than_max_group_ratio_of_a_group():
 def test_light_models_are_pruned_or_declined_with_reasons(name, declined_because, pruned):
     light = Path(onnx.__file__).resolve().parent / "backend" / "test" / "data" / "light" / f"light_{name}.onnx"
     folded = graphopt.optimize(str(light), passes="fold(max_growth=inf),lossless").model  # weights as initializers
-    result = graphopt.optimize(folded, passes="prune-channels(ratio=0.5)")
+    result = graphopt.optimize(folded, passes="prune-channels(ratio=0.5,round_to=1)")
     onnx.checker.check_model(result.model, full_check=True)
     record = next(r for r in result.report.passes if r.name == "prune-channels")
     assert any(declined_because in str(d) for d in record.result.diagnostics)

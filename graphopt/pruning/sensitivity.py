@@ -58,7 +58,7 @@ class Sensitivity:
 
 def sensitivity(model: onnx.ModelProto, data: Dataset, ratios: Sequence[float] = (0.25, 0.5, 0.75),
                 criterion: str = "l1", labels: np.ndarray | None = None, reconstruct: bool = False,
-                samples: int = 256) -> Sensitivity:
+                samples: int = 256, round_to: int = 8) -> Sensitivity:
     """Prune each group alone at each of ``ratios`` and measure the damage on ``data`` (see the module)."""
     import graphopt  # the library API runs the pass; imported here because graphopt imports this package
     from passes.prune_channels import PruneChannels
@@ -83,7 +83,7 @@ def sensitivity(model: onnx.ModelProto, data: Dataset, ratios: Sequence[float] =
         cells = []
         for ratio in ratios:
             prune = PruneChannels(ratio=ratio, scope="local", criterion=criterion, exclude=others,
-                                  reconstruct="true" if reconstruct else "false", samples=samples)
+                                  reconstruct="true" if reconstruct else "false", samples=samples, round_to=round_to)
             result = graphopt.optimize(model, passes=prune, data=data if reconstruct or criterion == "activation"
                                        else None)
             stats = next(r.result.stats for r in result.report.passes if r.name == prune.name)
