@@ -3,14 +3,22 @@ onnx-graphsurgeon without losing what gs drops.
 
 Loading refuses anything that is not a usable model with one line (``ModelError``, exit code 2): a missing
 or empty file, bytes that do not parse as a ModelProto, a protobuf of another message, a model the ONNX
-checker rejects, external data outside the model's folder. External data is resolved relative to the
-model's own folder; a location that is absolute or escapes that folder (``..``, symlinks) is refused and
-never read.
+checker rejects, external data outside the model's folder, an IR version or an ai.onnx/ai.onnx.ml opset newer
+than onnx and onnxruntime support, messages nested deeper than protobuf parses, a declared shape with more
+elements than a 64-bit count holds. External data is resolved relative to the model's own folder; a location
+that is absolute or escapes that folder (``..``, symlinks) is refused and never read.
+
+Custom ops (of a domain neither onnx nor onnxruntime defines, see ``custom_ops``) are not refused: passes
+leave them as they are, the optimize report says so, and a saved model that onnxruntime does not load only
+for want of their kernels (registered by whoever runs it) is checked with the ONNX checker alone.
 
 Saving writes into a temporary folder beside the target, checks the written model with the ONNX checker
 and by loading it in onnxruntime's CPU provider, and only then renames it into place, so a failed or
 interrupted save leaves the previous file untouched (``OutputModelError``, exit code 3). Models over 2 GB
-are written with their weights in ``<file name>.data`` beside the model.
+are written with their weights in ``<file name>.data`` beside the model, or, when a file of that name exists,
+in ``<file name>.1.data`` (``.2.data``, ...): the data file never replaces one, so a save killed at any point
+leaves the previous model reading its own weights; the previous model's data file is removed once the new
+model is in place (tests/test_atomic_save.py kills real saves at each step).
 
 ``load_split`` loads the same model with each of its main graph's initializers parsed as a message of its
 own (``SplitModel``), so that the optimizer can free each weight as soon as it is no longer read instead of
@@ -23,11 +31,12 @@ each item and how it is restored, also after passes edited the graph.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 import onnx
@@ -161,6 +170,10 @@ def _parse(data: bytes, name: str, split: bool) -> SplitModel:
             if layout.has_graph:
                 loaded.model.graph.SetInParent()
     except (DecodeError, RuntimeError, ValueError) as error:
+        if "MaxDepth" in str(error):  # upb's message for messages nested past its recursion limit
+            raise ModelError(f"{name}: not a usable ONNX model: its messages are nested deeper than protobuf's "
+                             f"limit of {_PROTOBUF_MAX_DEPTH} (subgraphs inside subgraphs), which neither onnx "
+                             f"nor onnxruntime parses") from error
         raise ModelError(f"{name}: not an ONNX model (does not parse as a protobuf ModelProto)") from error
     model = loaded.model
     if model.ir_version <= 0 or not model.HasField("graph") or not model.opset_import:
@@ -179,15 +192,70 @@ def _checker_verdict(target: str | bytes | onnx.ModelProto) -> Exception | None:
 
 
 def _check_loaded(model: onnx.ModelProto, name: str, verdict: Exception | None | object = _UNCHECKED) -> None:
-    """ModelError if the IR version is too new or the checker rejects the model (``verdict``: the
-    checker's answer when it has already been asked)."""
+    """ModelError if the IR version or an opset is too new, the checker rejects the model (``verdict``: the
+    checker's answer when it has already been asked), or a declared shape is larger than any tensor."""
     if model.ir_version > onnx.IR_VERSION:
         raise ModelError(f"{name}: IR version {model.ir_version} is newer than this onnx supports "
                          f"({onnx.IR_VERSION}); upgrade onnx")
+    _check_opsets(model, name)
     if verdict is _UNCHECKED:
         verdict = _checker_verdict(model)
     if verdict is not None:
         raise ModelError(f"{name}: not a valid ONNX model: {one_line(verdict)}") from verdict
+    _check_declared_shapes(model, name)
+
+
+# The standard domains onnxruntime implements: how a model imports them -> their name in messages.
+_RUNTIME_DOMAINS = {"": "ai.onnx", "ai.onnx": "ai.onnx", "ai.onnx.ml": "ai.onnx.ml"}
+_PROTOBUF_MAX_DEPTH = 100  # upb's and protobuf C++'s default recursion limit for parsing
+_MAX_ELEMENTS = 2**63 - 1  # onnxruntime counts a tensor's elements and bytes in 64 bits
+
+
+def _check_opsets(model: onnx.ModelProto, name: str) -> None:
+    """ModelError for an ai.onnx or ai.onnx.ml opset newer than onnx or onnxruntime supports: the checker
+    accepts such a model, but nothing could run it, and no output of it would load in onnxruntime."""
+    for opset in model.opset_import:
+        domain = _RUNTIME_DOMAINS.get(opset.domain)
+        if domain is not None and opset.version > (newest := _newest_opset(domain)):
+            raise ModelError(f"{name}: opset {opset.version} of domain {domain} is newer than onnx and "
+                             f"onnxruntime support (up to {newest}); upgrade them or convert the model")
+
+
+@functools.cache
+def _newest_opset(domain: str) -> int:
+    """The newest opset of ``domain`` that both onnx and onnxruntime support: onnx's newest, or the newest
+    below it of which onnxruntime loads a one-node model (onnxruntime does not list the opsets it supports)."""
+    from graphopt.validate.numerics import cpu_session
+
+    newest = onnx.defs.onnx_opset_version() if domain == "ai.onnx" else onnx.defs.onnx_ml_opset_version()
+    for version in range(newest, 0, -1):
+        opsets = [onnx.helper.make_opsetid(domain, version)]
+        if domain != "ai.onnx":
+            opsets.append(onnx.helper.make_opsetid("", _newest_opset("ai.onnx")))
+        value = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+        graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "probe", [value],
+                                       [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+        probe = onnx.helper.make_model(graph, opset_imports=opsets, ir_version=8)
+        try:
+            cpu_session(probe)
+        except Exception:  # onnxruntime raises its own exception types for load failures
+            continue
+        return version
+    return 0
+
+
+def _check_declared_shapes(model: onnx.ModelProto, name: str) -> None:
+    """ModelError for a main-graph input, output or value_info whose declared shape has more elements than a
+    64-bit count holds: no tensor can have it, and sizing one (synthetic data, onnxruntime) overflows."""
+    graph = model.graph
+    for kind, values in (("input", graph.input), ("output", graph.output), ("value_info", graph.value_info)):
+        for value in values:
+            if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
+                continue
+            dims = [d.dim_value for d in value.type.tensor_type.shape.dim if d.HasField("dim_value")]
+            if math.prod(dims) > _MAX_ELEMENTS:
+                raise ModelError(f"{name}: {kind} '{value.name}' declares shape {dims}, {math.prod(dims):.3g} "
+                                 f"elements: more than any tensor can hold (at most 2**63 - 1)")
 
 
 def _check_external_locations(external: list[onnx.TensorProto], base_dir: str, name: str) -> None:
@@ -301,32 +369,151 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool
     check_writable(path)
     if external_data is None:
         external_data = serialized_size(model) > EXTERNAL_DATA_THRESHOLD
-    data_name = os.path.basename(path) + ".data"
+    # With external data, the model's rename is still the one step that replaces anything: the data file goes
+    # to a name no file has (reserved here, empty, until the data takes its place), so that until the model
+    # is renamed the previous model, and any other, keeps reading its own data file; the previous model's
+    # data file (of the names graphopt gives: see ``_reserve_data_name``) is removed after the rename.
+    data_name = _reserve_data_name(folder, os.path.basename(path)) if external_data else None
+    previous_data = _own_data_files(path) if external_data else []
     staging = tempfile.mkdtemp(prefix=".graphopt-", dir=folder)
+    committed = False
     try:
         staged = os.path.join(staging, os.path.basename(path))
-        _write(model, staged, data_name if external_data else None)
+        _write(model, staged, data_name)
         if verify:
             check_output(staged)
-        if external_data:
+        if data_name:
             os.replace(os.path.join(staging, data_name), os.path.join(folder, data_name))
         os.replace(staged, path)
+        committed = True
+        _sync_folder(folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if data_name and not committed:
+            _remove_quietly(os.path.join(folder, data_name))
+    for name, identity in previous_data:
+        if name != data_name:
+            _remove_quietly(os.path.join(folder, name), identity)
+
+
+def _reserve_data_name(folder: str, model_name: str) -> str:
+    """The first of ``<model>.data``, ``<model>.1.data``, ``<model>.2.data``, ... that no file in ``folder`` has,
+    created there empty (exclusively, so no other writer takes it) to hold the name."""
+    for index in range(10_000):
+        name = f"{model_name}.data" if index == 0 else f"{model_name}.{index}.data"
+        try:
+            os.close(os.open(os.path.join(folder, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        return name
+    raise OutputModelError(f"cannot find a free name for the external data of {model_name} in {folder}")
+
+
+def _own_data_files(path: str) -> list[tuple[str, tuple[int, int]]]:
+    """The data files the model now at ``path`` reads that carry the names ``_reserve_data_name`` gives, with
+    their (device, inode): what a save over it may remove once the new model is in place. Empty when there is
+    no such file (the model is not even read then) or the model cannot be read."""
+    folder, model_name = os.path.split(path)
+    try:
+        ours = {n for n in os.listdir(folder) if n == f"{model_name}.data"
+                or (n.startswith(f"{model_name}.") and n.endswith(".data") and n[len(model_name) + 1:-5].isdigit())}
+        if not ours or not os.path.isfile(path):
+            return []
+        previous = onnx.load_model(path, load_external_data=False)
+        read = {external_data_helper.ExternalDataInfo(t).location for t in external_data_helper._get_all_tensors(
+            previous) if external_data_helper.uses_external_data(t)}
+        found = []
+        for name in sorted(ours & read):
+            status = os.stat(os.path.join(folder, name))
+            found.append((name, (status.st_dev, status.st_ino)))
+        return found
+    except Exception:  # an unreadable previous file: its data files are left alone
+        return []
+
+
+def _remove_quietly(path: str, identity: tuple[int, int] | None = None) -> None:
+    """Remove ``path`` (only if it is still the file ``identity`` names, when given); no error if it is gone."""
+    try:
+        if identity is not None:
+            status = os.stat(path)
+            if (status.st_dev, status.st_ino) != identity:
+                return
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _sync_folder(folder: str) -> None:
+    """Make the renames in ``folder`` durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
 
 
 def _write(model: onnx.ModelProto, path: str, data_name: str | None) -> None:
-    if data_name:  # onnx converts the proto it saves to external data in place: give it a copy
-        staged = onnx.ModelProto()
-        staged.CopyFrom(model)
-        onnx.save_model(staged, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_name, size_threshold=0)
-    else:
+    """Write ``model`` to ``path``; with ``data_name``, the values of its initializers (those with raw_data,
+    also in subgraphs) go to the file ``data_name`` beside it (see ``_ExternalData``)."""
+    external = _ExternalData(os.path.join(os.path.dirname(path), data_name), data_name) if data_name else None
+    try:
         with open(path, "wb") as handle:
-            for chunk in _serialized_chunks(model):
+            for chunk in _serialized_chunks(model, external):
                 handle.write(chunk)
             handle.flush()
             os.fsync(handle.fileno())
+    finally:
+        if external is not None:
+            external.close()
+
+
+class _ExternalData:
+    """The external data file of a model being written. What onnx's ``save_model(save_as_external_data=True,
+    all_tensors_to_one_file=True, size_threshold=0)`` writes, without its costs on a large model: onnx converts
+    the model it is given in place (so it needed a copy of the whole model, which doubled the memory), writes
+    tensor by tensor through a file it reopens each time, and refuses to write when a file of the data's name
+    exists in the current folder (a previous output, when run in the output's folder). Here each tensor's
+    raw_data is appended to one open file, and the serialized model gets a value-less reference in its place
+    (``reference``); the model in memory is not changed. Tensors of 1 MiB and more start at a multiple of 64
+    KiB in the file, so that a reader can map them in place (onnxruntime maps external data)."""
+
+    ALIGN_FROM = 2**20
+    ALIGNMENT = 64 * 2**10
+
+    def __init__(self, path: str, location: str) -> None:
+        self.location = location
+        self.handle = open(path, "wb")  # noqa: SIM115 - closed by ``close``, after the whole model is written
+
+    def reference(self, tensor: onnx.TensorProto) -> onnx.TensorProto:
+        """``tensor``'s raw_data appended to the file, and a copy of ``tensor`` without values pointing there."""
+        data = tensor.raw_data
+        if len(data) >= self.ALIGN_FROM and self.handle.tell() % self.ALIGNMENT:
+            self.handle.write(bytes(self.ALIGNMENT - self.handle.tell() % self.ALIGNMENT))
+        offset = self.handle.tell()
+        self.handle.write(data)
+        reference = onnx.TensorProto()
+        fidelity.copy_without_values(reference, tensor)
+        del reference.external_data[:]
+        reference.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", self.location), ("offset", offset), ("length", len(data))):
+            reference.external_data.add(key=key, value=str(value))
+        return reference
+
+    def externalize(self, tensors: Iterable[onnx.TensorProto]) -> None:
+        """Make each of ``tensors`` (of a copy: they are changed) that holds raw_data a reference."""
+        for tensor in tensors:
+            if tensor.HasField("raw_data"):
+                tensor.CopyFrom(self.reference(tensor))
+
+    def close(self) -> None:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
 
 
 # Serializing a whole model at once costs seconds on a large one and holds two or three transient copies of it
@@ -363,12 +550,22 @@ def _pieces(model: onnx.ModelProto) -> _Pieces | None:
     return pieces
 
 
-def _serialized_chunks(model: onnx.ModelProto) -> Iterator[bytes]:
-    """``model.SerializeToString()`` in pieces (see above)."""
+def _serialized_chunks(model: onnx.ModelProto, external: _ExternalData | None = None) -> Iterator[bytes]:
+    """``model.SerializeToString()`` in pieces (see above); with ``external``, of the model with its
+    initializers' raw_data (also in subgraphs) written there, and references to it in their place."""
     pieces = _pieces(model)
     if pieces is None:
+        if external is not None:  # unknown fields: only a whole copy keeps them
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)
+            external.externalize(external_data_helper._get_initializer_tensors(copy))
+            model = copy
         yield model.SerializeToString()
         return
+    if external is not None:  # the pieces around the initializers are copies: subgraphs' initializers
+        external.externalize(external_data_helper._get_initializer_tensors_from_graph(pieces.graph_head))
+        pieces = pieces._replace(initializers=[external.reference(t) if t.HasField("raw_data") else t
+                                               for t in pieces.initializers])
     yield pieces.before_graph.SerializeToString()
     if model.HasField("graph"):
         sizes = [initializer.ByteSize() for initializer in pieces.initializers]
@@ -442,7 +639,9 @@ def check_writable(path: str) -> None:
 
 
 def check_output(path: str) -> None:
-    """OutputModelError unless the model at ``path`` passes the ONNX checker and loads in onnxruntime."""
+    """OutputModelError unless the model at ``path`` passes the ONNX checker and loads in onnxruntime. A model
+    that onnxruntime refuses only for want of a kernel of one of its custom ops (see ``custom_ops``: their
+    kernels are registered by whoever runs the model) is checked with the ONNX checker alone."""
     from graphopt.validate.numerics import cpu_session
 
     try:
@@ -451,10 +650,56 @@ def check_output(path: str) -> None:
         raise OutputModelError(f"the optimized model fails the ONNX checker, nothing was written: "
                                f"{one_line(error)}") from error
     try:
-        cpu_session(path)
+        cpu_session(path, prepack=False)  # loading is what is checked: no second copy of the weights
     except Exception as error:  # onnxruntime raises its own exception types for load failures
+        if _lacks_a_custom_kernel(path, error):
+            return
         raise OutputModelError(f"the optimized model does not load in onnxruntime, nothing was written: "
                                f"{one_line(error)}") from error
+
+
+def _lacks_a_custom_kernel(path: str, error: Exception) -> bool:
+    """True if onnxruntime's load ``error`` says it has no kernel for a custom op of the model at ``path``."""
+    message = str(error)
+    if "is not a registered function/op" not in message:
+        return False
+    ops = custom_ops(onnx.load_model(path, load_external_data=False))
+    return any(f"{domain}:{op}(" in message for domain, names in ops.items() for op in names)
+
+
+@functools.cache
+def _onnx_domains() -> frozenset[str]:
+    return frozenset({"", "ai.onnx", *(schema.domain for schema in onnx.defs.get_all_schemas_with_history())})
+
+
+def custom_ops(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """The op types, by domain, of the model's nodes (in subgraphs and functions too) that are custom ops: of a
+    domain that onnx does not define, that is not onnxruntime's own (``com.microsoft...``), and not a function
+    of the model. graphopt passes them through untouched; onnxruntime runs them once their kernels are
+    registered."""
+    local = {(function.domain, function.name) for function in model.functions}
+    found: dict[str, set[str]] = {}
+    graphs = [model.graph]
+    nodes = [node for function in model.functions for node in function.node]
+    while graphs:
+        graph = graphs.pop()
+        nodes.extend(graph.node)
+        for node in graph.node:
+            for attribute in node.attribute:
+                graphs.extend([attribute.g] if attribute.HasField("g") else attribute.graphs)
+    for node in nodes:
+        if (node.domain in _onnx_domains() or node.domain.startswith("com.microsoft")
+                or (node.domain, node.op_type) in local):
+            continue
+        found.setdefault(node.domain, set()).add(node.op_type)
+    return {domain: sorted(names) for domain, names in sorted(found.items())}
+
+
+def custom_op_diagnostics(model: onnx.ModelProto) -> tuple[str, ...]:
+    """One line per domain of custom ops (see ``custom_ops``) in ``model``, for the optimization report."""
+    return tuple(f"custom ops of domain '{domain}' ({', '.join(names)}): unknown to onnx and onnxruntime, passed "
+                 f"through unchanged; the output was checked with the ONNX checker only (onnxruntime loads it "
+                 f"once their kernels are registered)" for domain, names in custom_ops(model).items())
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:

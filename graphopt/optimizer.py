@@ -124,7 +124,8 @@ def optimize(
         output_stats = ModelStats.of(optimized, os.fspath(output) if output is not None else None)
         validation = _validation(model, optimized, data, dataset, rtol, atol) if validate else None
         if output is not None:
-            model_io.save(optimized, output)
+            # the size is known: saving need not measure it again (a second or more on a large model)
+            model_io.save(optimized, output, external_data=output_stats.bytes > model_io.EXTERNAL_DATA_THRESHOLD)
     except (PassError, OutputModelError) as error:
         replacement = _with_reproducer(error, model, pipeline_text, reproducer_dir)
         if replacement is error:
@@ -141,7 +142,7 @@ def optimize(
         input=input_stats,
         output=output_stats,
         passes=tuple(ctx.records),
-        diagnostics=tuple(str(d) for d in result.diagnostics),
+        diagnostics=tuple(str(d) for d in result.diagnostics) + model_io.custom_op_diagnostics(optimized),
         validation=validation,
     )
     return OptimizeResult(optimized, report)

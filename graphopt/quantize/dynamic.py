@@ -297,10 +297,14 @@ class _Rewriter:
         key = (id(weight), axis, transposed, alpha)
         if key not in self.weights:
             values = constant_array(weight)
-            values = np.ascontiguousarray(values.T) if transposed else values
             values = (np.float32(alpha) * values).astype(np.float32) if alpha != 1.0 else values
-            params = weight_params(values, axis)
-            self.weights[key] = (gs.Constant(self.names.fresh(f"{weight.name}_quantized"), quantize(values, params)),
+            # A transposed matrix is quantized as stored, per row where its transpose is per column (the same
+            # numbers: quantization is elementwise), and the int8 result is transposed: no float copy is made.
+            params = weight_params(values, 1 - axis if transposed and axis is not None else axis)
+            quantized = quantize(values, params)
+            del values
+            quantized = np.ascontiguousarray(quantized.T) if transposed else quantized
+            self.weights[key] = (gs.Constant(self.names.fresh(f"{weight.name}_quantized"), quantized),
                                  gs.Constant(self.names.fresh(f"{weight.name}_scale"), params.scale))
         return self.weights[key]
 
