@@ -198,8 +198,14 @@ def infer_shapes(graph: gs.Graph) -> None:
     except Exception as error:  # onnx raises bare exceptions from C++; inference is best-effort here
         logger.info("shape inference failed, shapes left as they were: %s", error)
         return
-    known = {info.name: info for info in inferred.graph.value_info}
-    for tensor in graph.tensors().values():
+    _annotate(graph.tensors().values(), inferred.graph)
+    _annotate_subgraphs(graph, inferred.graph)
+
+
+def _annotate(tensors, inferred: onnx.GraphProto) -> None:
+    """Give ``tensors`` (variables) the dtype and shape ``inferred``'s value_info records under their names."""
+    known = {info.name: info for info in inferred.value_info}
+    for tensor in tensors:
         info = known.get(tensor.name)
         if isinstance(tensor, gs.Variable) and info is not None and info.type.HasField("tensor_type"):
             tensor_type = info.type.tensor_type
@@ -208,4 +214,22 @@ def infer_shapes(graph: gs.Graph) -> None:
             if tensor_type.HasField("shape"):
                 tensor.shape = [d.dim_param or (d.dim_value if d.HasField("dim_value") else None)
                                 for d in tensor_type.shape.dim]
+
+
+def _annotate_subgraphs(graph: gs.Graph, inferred: onnx.GraphProto) -> None:
+    """The same for the tensors made inside If/Loop/Scan bodies, from each body's own value_info (onnx infers
+    them there too; without this, passes that need a shape declined everything inside subgraphs). The
+    exported graph has the gs graph's nodes in the same order; a body is paired with the same node's
+    attribute of the same name, and only tensors written by the body's own nodes are annotated (sibling
+    bodies may reuse a name)."""
+    if len(graph.nodes) != len(inferred.node):
+        return
+    for node, proto in zip(graph.nodes, inferred.node, strict=True):
+        if node.op != proto.op_type:
+            return
+        bodies = {a.name: a.g for a in proto.attribute if a.type == onnx.AttributeProto.GRAPH}
+        for key, value in node.attrs.items():
+            if isinstance(value, gs.Graph) and key in bodies:
+                _annotate([t for inner in value.nodes for t in inner.outputs], bodies[key])
+                _annotate_subgraphs(value, bodies[key])
 

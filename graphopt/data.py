@@ -152,7 +152,18 @@ def _concatenate(batches: list[Mapping[str, np.ndarray]], name: str) -> Dataset:
     keys = set(batches[0])
     if any(set(batch) != keys for batch in batches):
         raise DataError(f"{name}: batches do not all hold the same arrays")
-    return Dataset({key: np.concatenate([batch[key] for batch in batches]) for key in sorted(keys)})
+    return Dataset({key: _join([batch[key] for batch in batches], key, name) for key in sorted(keys)})
+
+
+def _join(arrays: list[np.ndarray], key: str, name: str) -> np.ndarray:
+    """The batches' arrays of one input stacked on the sample axis. A scalar (rank-0) input, e.g. a Loop's
+    trip count, has no sample axis: it is the same in every batch (see ``Dataset``), or the data is refused."""
+    if any(array.ndim == 0 for array in arrays):
+        if any(array.shape != () or array.dtype != arrays[0].dtype or array != arrays[0] for array in arrays):
+            raise DataError(f"{name}: '{key}' is a scalar in some batch, and not the same scalar in every batch "
+                            f"(a scalar input has no sample axis: it goes with every batch)")
+        return arrays[0]
+    return np.concatenate(arrays)
 
 
 def _split_extras(dataset: Dataset, model: onnx.ModelProto) -> Dataset:

@@ -7,11 +7,12 @@ rule with a non-chain pattern overrides it). ``check(match) -> reason | None`` r
 can read in the stats; ``rewrite(match, graph, names)`` performs the rewrite so that the match's final output
 tensors keep being produced (same tensor objects), so consumers need no rewiring.
 
-The driver refuses, before asking the rule, any match whose intermediate tensors are graph outputs or have
-live consumers outside the match (a consumer no graph output depends on does not count: the pass's
-clean-up removes it), and any match whose weights (the constants the rule will modify, listed by the
-rule in ``Match.weights``) are shared with other nodes. It counts ``rewrites.<rule>`` and
-``skipped.<rule>.<reason>``, visits subgraphs, and runs clean-up and toposort once per pass. A weight that
+The driver refuses, before asking the rule, any match that reaches into an enclosing graph (a subgraph node
+whose chain starts at a producer outside the subgraph: ``crosses_scope``), any match whose intermediate
+tensors are graph outputs or have live consumers outside the match (a consumer no graph output depends on
+does not count: the pass's clean-up removes it), and any match whose weights (the constants the rule will
+modify, listed by the rule in ``Match.weights``) are shared with other nodes. It counts ``rewrites.<rule>``
+and ``skipped.<rule>.<reason>``, visits subgraphs, and runs clean-up and toposort once per pass. A weight that
 a rewrite left unread (no node reads it, no graph lists it as an input or output) lets go of its values at
 once (``graphopt.rewrite.release_values``), so that a model's replaced weights are not all held until the end.
 """
@@ -170,12 +171,18 @@ class FusionPass(Pass):
                graphs: list[gs.Graph]) -> None:
         consumed: set[int] = set()
         dead = dead_nodes(graph)
+        local = {id(node) for node in graph.nodes}
         for node in list(graph.nodes):
             for rule in self.rules:
                 if id(node) in consumed:
                     break
                 match = rule.match(node)
                 if match is None or any(id(n) in consumed for n in match.nodes):
+                    continue
+                if any(id(n) not in local for n in match.nodes):
+                    # a producer in an enclosing graph (a subgraph reads the outer tensor): the rewrite would
+                    # move computation across the scope boundary and remove a node from the wrong graph
+                    stats[f"skipped.{rule.name}.crosses_scope"] += 1
                     continue
                 reason = escape_reason(match, graph, dead) or rule.check(match, graph)
                 if reason:

@@ -269,3 +269,24 @@ def test_synthetic_dataset_of_a_model_with_a_scalar_input():
     dataset = synthetic_dataset(model, samples=4)
     assert dataset.arrays["scale"].shape == ()
     assert len(dataset) == 4
+
+
+SCALAR_INPUT = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    agraph (float scale, float[N,4] x) => (float[N,4] y) { y = Mul(x, scale) }"""
+
+
+def test_batches_with_a_scalar_input_keep_it_once():
+    """An iterable of batches (a CalibrationDataReader) of a model with a scalar input, e.g. a Loop's trip
+    count, the same in each batch: the scalar stays a scalar, the rest is stacked (np.concatenate of the
+    rank-0 arrays used to raise a bare ValueError)."""
+    batches = [{"scale": np.float32(2), "x": np.ones((2, 4), np.float32) * i} for i in range(3)]
+    dataset = load_data(({k: np.asarray(v) for k, v in b.items()} for b in batches), parse_model(SCALAR_INPUT))
+    assert dataset.arrays["scale"].shape == () and dataset.arrays["scale"] == 2
+    assert dataset.arrays["x"].shape == (6, 4) and len(dataset) == 6
+
+
+def test_batches_with_different_scalars_are_refused():
+    batches = [{"scale": np.asarray(np.float32(s)), "x": np.ones((2, 4), np.float32)} for s in (1, 2)]
+    with pytest.raises(DataError, match="'scale' is a scalar .* not the same scalar in every batch"):
+        load_data(batches, parse_model(SCALAR_INPUT))
