@@ -8,7 +8,7 @@ import onnx.parser
 import pytest
 import validate_models as vm
 
-from graphopt.errors import DataError, UsageError, ValidationFailure
+from graphopt.errors import DataError, ModelError, UsageError, ValidationFailure
 from graphopt.validate.providers import SessionSettings, parse_providers, unavailable_reason
 from graphopt.validate.validation import check_signatures, validate
 
@@ -123,6 +123,21 @@ def test_bad_data_and_options_are_usage_errors(candidates, tmp_path):
         validate(vm.DIGITS, candidates["optimized"], shapes={"input": [1, 32, 32]})
     with pytest.raises(UsageError, match="rounds must be positive"):
         validate(vm.DIGITS, candidates["optimized"], rounds=0)
+
+
+def test_random_data_too_large_to_make_is_a_usage_error():
+    huge = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["": 17]>
+        g (float[1048576, 1048576] x) => (float[1048576, 1048576] y) { y = Relu(x) }""")
+    with pytest.raises(UsageError, match=r"input 'x' of shape \[1048576, 1048576\] would take 4.1e\+03 GiB"):
+        validate(huge, huge, latency=False)
+
+
+def test_a_model_onnxruntime_cannot_run_is_a_model_error():
+    custom = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["": 17, "my.domain": 1]>
+        g (float[2] x) => (float[2] y) { y = my.domain.Frobnicate(x) }""")
+    with pytest.raises(ModelError, match="onnxruntime cannot run the model on cpu") as raised:
+        validate(custom, custom, latency=False)
+    assert raised.value.exit_code == 2
 
 
 @pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider' is not in available")

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import onnx
 import onnxruntime as ort
 
-from graphopt.errors import UsageError
+from graphopt.errors import ModelError, UsageError, one_line
 
 EXECUTION_PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -99,12 +99,16 @@ DEFAULT_SETTINGS = SessionSettings()
 def open_session(model: onnx.ModelProto | bytes | str, name: str,
                  settings: SessionSettings = DEFAULT_SETTINGS) -> ort.InferenceSession:
     """A session of ``model`` on provider ``name`` (with its fallbacks). Raises ProviderUnavailable when the
-    provider is missing or onnxruntime fell back from it."""
+    provider is missing or onnxruntime fell back from it, ModelError (exit 2) when onnxruntime cannot load the
+    model (an op it has no kernel for, say)."""
     reason = unavailable_reason(name)
     if reason:
         raise ProviderUnavailable(reason)
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    session = ort.InferenceSession(source, settings.options(), providers=provider_chain(name))
+    try:
+        session = ort.InferenceSession(source, settings.options(), providers=provider_chain(name))
+    except Exception as error:  # onnxruntime's own exception types: a model it cannot load or run
+        raise ModelError(f"onnxruntime cannot run the model on {name}: {one_line(error)}") from error
     if EXECUTION_PROVIDERS[name] not in session.get_providers():
         raise ProviderUnavailable(f"onnxruntime could not start {EXECUTION_PROVIDERS[name]} "
                                   f"(it fell back to {', '.join(session.get_providers())}); "

@@ -56,6 +56,7 @@ from graphopt.validate.providers import (
 from graphopt.validate.tensorrt_lint import LintFinding, lint_tensorrt
 
 SYNTHETIC_SAMPLES = 8
+SYNTHETIC_MAX_BYTES = 2**30  # random data larger than this is refused: give --data or --shape
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,6 +230,9 @@ def _load(source: model_io.ModelSource) -> _Subject:
         return _Subject(source, model)
     if not isinstance(source, onnx.ModelProto):
         return _Subject(str(source), model)
+    if model_io.serialized_size(model) > model_io.EXTERNAL_DATA_THRESHOLD:
+        raise UsageError("the model is over 2 GB, which onnxruntime only loads from a file with external data: "
+                         "write it, then validate the file (graphopt validate REF OUT)")
     return _Subject(model.SerializeToString(), model)
 
 
@@ -257,6 +261,14 @@ def _synthetic(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]] | Non
         if len(shape) != len(inputs[name][1]) or any(d < 1 for d in shape):
             raise UsageError(f"--shape {name}={'x'.join(map(str, shape))} does not fit the declared "
                              f"{inputs[name][1]}")
+    for name, (dtype, shape) in inputs.items():
+        dims = list(shapes[name]) if shapes and name in shapes else \
+            [SYNTHETIC_SAMPLES if i == 0 and not (isinstance(d, int) and d > 0) else
+             d if isinstance(d, int) and d > 0 else 1 for i, d in enumerate(shape)]
+        size = int(np.prod(dims, dtype=object)) * dtype.itemsize
+        if size > SYNTHETIC_MAX_BYTES:
+            raise UsageError(f"random data for input '{name}' of shape {dims} would take {size / 2**30:.3g} GiB; "
+                             f"give --data, or a smaller --shape {name}=...")
     dataset = synthetic_dataset(model, samples=SYNTHETIC_SAMPLES)
     arrays = {name: np.resize(array, shapes[name]).astype(array.dtype) if shapes and name in shapes else array
               for name, array in dataset.arrays.items()}
