@@ -69,6 +69,7 @@ class SplitModel(NamedTuple):
 
     model: onnx.ModelProto
     weights: list[onnx.TensorProto] | None
+    external_data: bool = False  # the file kept (some of) its weights in external data files
 
 
 def load(source: ModelSource) -> onnx.ModelProto:
@@ -138,7 +139,7 @@ def _load_path(path: str, split: bool) -> SplitModel:
             external_data_helper.load_external_data_for_tensor(tensor, base_dir)
     except (OSError, ValueError) as error:
         raise ModelError(f"{path}: cannot read its external data: {one_line(error)}") from error
-    return _with_stand_ins(loaded)
+    return _with_stand_ins(loaded)._replace(external_data=bool(external))
 
 
 def _all_tensors(loaded: SplitModel) -> Iterator[onnx.TensorProto]:

@@ -85,7 +85,7 @@ def optimize(
         _check_output_path(input_path, os.fspath(output), in_place)
     # The input's weights are messages of their own (``SplitModel``): each is freed once the graph no longer
     # reads it (replaced by a pass, or copied into the optimized model), not only with the whole input.
-    original, weights = model_io.load_split(model)
+    original, weights, kept_external = model_io.load_split(model)
     input_stats = dataclasses.replace(ModelStats.of(original, input_path),
                                       bytes=model_io.serialized_size(original, weights))
     dataset = load_data(data, original) if data is not None else None
@@ -124,8 +124,11 @@ def optimize(
         output_stats = ModelStats.of(optimized, os.fspath(output) if output is not None else None)
         validation = _validation(model, optimized, data, dataset, rtol, atol) if validate else None
         if output is not None:
-            # the size is known: saving need not measure it again (a second or more on a large model)
-            model_io.save(optimized, output, external_data=output_stats.bytes > model_io.EXTERNAL_DATA_THRESHOLD)
+            # the size is known: saving need not measure it again (a second or more on a large model). A model
+            # whose weights were in external data keeps them there, whatever its new size: its users expect
+            # that layout, and the output check then maps the weights rather than loading a second copy.
+            external = kept_external or output_stats.bytes > model_io.EXTERNAL_DATA_THRESHOLD
+            model_io.save(optimized, output, external_data=external)
     except (PassError, OutputModelError) as error:
         replacement = _with_reproducer(error, model, pipeline_text, reproducer_dir)
         if replacement is error:

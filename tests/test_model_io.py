@@ -17,6 +17,7 @@ from conftest import TINY_TEXT, assert_same_outputs, parse_model, random_feeds
 import graphopt
 from graphopt import model as model_io
 from graphopt.errors import ModelError, OutputModelError, UsageError
+from graphopt.validate.numerics import run_model
 
 REAL_MODEL = Path(__file__).resolve().parent.parent / "models" / "digits_cnn.onnx"
 
@@ -622,3 +623,24 @@ def test_gs_round_trip_keeps_ir3_initializer_inputs():
     assert exported.ir_version == 3
     onnx.checker.check_model(exported)
     assert_same_outputs(original, exported, [random_feeds(original)])
+
+
+def test_optimize_keeps_external_data_when_the_input_had_it(tmp_path):
+    """A small model whose weights were in an external data file gets its output's weights in one too."""
+    weight = onnx.numpy_helper.from_array(np.arange(4096, dtype=np.float32).reshape(64, 64), "w")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["h"]), onnx.helper.make_node("Identity", ["h"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 64])], [weight])
+    source = tmp_path / "in" / "m.onnx"
+    source.parent.mkdir()
+    onnx.save_model(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), source,
+                    save_as_external_data=True, location="m.weights", size_threshold=0)
+    target = tmp_path / "out" / "o.onnx"
+    target.parent.mkdir()
+    graphopt.optimize(str(source), str(target), passes="lossless")
+    written = onnx.load(str(target), load_external_data=False)
+    assert [t.data_location for t in written.graph.initializer] == [onnx.TensorProto.EXTERNAL]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["o.onnx", "o.onnx.data"]
+    feeds = {"x": np.ones((1, 64), np.float32)}
+    np.testing.assert_array_equal(run_model(str(target), feeds)["y"], run_model(str(source), feeds)["y"])
