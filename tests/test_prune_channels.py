@@ -478,3 +478,13 @@ def test_light_models_are_pruned_or_declined_with_reasons(name, declined_because
     assert {k: v.shape for k, v in before.items()} == {k: v.shape for k, v in after.items()}
     if not pruned:
         np.testing.assert_array_equal(next(iter(after.values())), next(iter(before.values())))
+
+
+def test_squeeze_unsqueeze_and_reduction_over_other_axes_keep_channels():
+    net = NetBuilder()
+    h = net.relu(net.conv("x", 4, 8, dead=[0, 5], name="conv"))
+    h = net.op("ReduceMean", [h], axes=[2], keepdims=0)  # [N, 8, W]
+    h = net.op("Unsqueeze", [h, net.const(np.array([0], np.int64))])  # [1, N, 8, W]
+    h = net.op("Squeeze", [h, net.const(np.array([0], np.int64))])  # [N, 8, W]
+    out = net.matmul(net.op("Transpose", [h], perm=[0, 2, 1]), 8, 3, name="mm")
+    exact(net, out, 0.25, {"conv": (6, 4, 3, 3), "mm": (6, 3)})

@@ -609,7 +609,7 @@ def _squeeze(walk: _Walk, node: gs.Node, carried: list[Channels | None]) -> None
         walk.block_inputs(node, f"{node.op} '{node.name}' has unknown axes or removes the channel axis")
         return
     if node.op == "Squeeze":
-        axis = source.axis - sum(a < source.axis for a in axes)
+        axis = _after_removing(source.axis, axes)
     else:
         kept = [a for a in range(out_rank) if a not in axes]
         axis = kept[source.axis]
@@ -626,8 +626,13 @@ def _reduce(walk: _Walk, node: gs.Node, carried: list[Channels | None]) -> None:
         walk.block_inputs(node, f"{node.op} '{node.name}' reduces over the channel axis")
         return
     keepdims = int(node.attrs.get("keepdims", 1))
-    axis = source.axis if keepdims else source.axis - sum(a < source.axis for a in axes)
+    axis = source.axis if keepdims else _after_removing(source.axis, axes)
     walk.carry(node.outputs[0], Channels(axis, source.ids))
+
+
+def _after_removing(axis: int, removed: list[int]) -> int:
+    """Where ``axis`` (not itself removed) is once the axes ``removed`` are gone."""
+    return axis - sum(a < axis for a in removed)
 
 
 def _softmax(walk: _Walk, node: gs.Node, carried: list[Channels | None]) -> None:
