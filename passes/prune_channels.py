@@ -16,7 +16,7 @@ correction (``graphopt.pruning.reconstruction``).
 Declines. Whole pass: ``ratio=0`` changes nothing. Per group (``skipped.group_<reason>`` and an info
 diagnostic naming its producers and the reason): ``blocked`` (a graph output, a subgraph, an op without a
 pruning rule, a layout the analysis cannot follow such as a channel shuffle), ``excluded`` (a producer named
-in ``exclude``), ``no_score`` (``criterion=bn-scale`` without a BatchNormalization after a producer). Per
+in ``exclude``), ``no_score`` (``criterion=bn-scale`` and no producer followed by a BatchNormalization). Per
 layer that could not be re-fitted: ``skipped.reconstruction`` with a diagnostic. Only the main graph is
 pruned; channels read inside If/Loop/Scan bodies block their group.
 
@@ -130,9 +130,10 @@ class PruneChannels(Pass):
             values = group_scores(group, scores)
             if values is None:
                 stats["skipped.group_no_score"] += 1
-                diagnostics.append(Diagnostic("info", f"not pruned: criterion {self.values['criterion']} has no "
-                                              "value for every producer (bn-scale needs a BatchNormalization "
-                                              "after each; run prune-channels before lossless)", group.name))
+                diagnostics.append(Diagnostic("info", f"not pruned: criterion {self.values['criterion']} ranks "
+                                              "none of its producers (bn-scale needs a BatchNormalization that "
+                                              "alone reads one; run prune-channels before lossless folds them)",
+                                              group.name))
                 continue
             ranked[index] = values
         return ranked
