@@ -95,7 +95,7 @@ class PruneChannels(Pass):
         ranked = self._rank(analysis, scores, stats, diagnostics)
         keep = choose(analysis.groups, ranked, analysis.channel_count, values["ratio"], values["scope"],
                       values["min_channels"], values["round_to"], analysis.edits.non_empty,
-                      values["max_group_ratio"])
+                      values["max_group_ratio"], analysis.edits.equal)
         if keep.all():
             return PassResult(False, dict(stats), tuple(diagnostics))
         original = export_with_gs(graph) if refit else None

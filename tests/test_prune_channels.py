@@ -294,10 +294,31 @@ def test_op_without_a_rule_blocks():
     _declined(net.model(net.conv(h, 8, 2, name="b")), "LRN")
 
 
-def test_grouped_conv_that_is_not_depthwise_blocks():
+def test_grouped_conv_keeps_its_groups_equal():
+    net = NetBuilder()
+    h = net.relu(net.conv("x", 4, 8, dead=[1, 2, 5, 6], name="a"))  # two dead channels in each group's input
+    h = net.relu(net.conv(h, 8, 4, group=2, dead=[0, 2], name="grouped"))  # one dead output per group
+    out = net.conv(h, 4, 2, name="head")
+    pruned, _, _ = exact(net, out, 0.5, {"a": (4, 4, 3, 3), "grouped": (2, 2, 3, 3), "head": (2, 2, 3, 3)})
+    grouped = next(n for n in pruned.graph.node if n.name == "grouped")
+    assert next(a.i for a in grouped.attribute if a.name == "group") == 2
+
+
+def test_grouped_conv_restores_channels_to_balance_its_groups():
+    """Both dead channels feed group 0: removing them alone would leave the groups unequal, so group 0 keeps
+    its most important removed channels until it has as many as group 1 (here: everything stays)."""
+    net = NetBuilder()
+    h = net.relu(net.conv("x", 4, 8, dead=[0, 1], name="a"))
+    model = net.model(net.conv(h, 8, 4, group=2, name="grouped"))
+    pruned, stats, _ = prune(model, ratio=0.25)
+    assert weight_shapes(pruned)["a"] == (8, 4, 3, 3) and "channels.removed" not in stats
+
+
+def test_grouped_conv_transpose_blocks():
     net = NetBuilder()
     h = net.relu(net.conv("x", 4, 8, name="a"))
-    _declined(net.model(net.conv(h, 8, 4, group=2, name="grouped")), "with group=2 is not depthwise")
+    w = net.const(net.weights((8, 2, 2, 2)), "w")
+    _declined(net.model(net.op("ConvTranspose", [h, w], group=2, name="up")), "ConvTranspose 'up' with group=2")
 
 
 def test_excluded_producer_is_not_pruned():

@@ -24,9 +24,10 @@ position ``i`` along ``axis`` holds channel ``ids[i]``. Nodes map channels from 
   Softmax over another axis keeps it.
 
 A *consumer* (Conv with ``group=1``, ConvTranspose with ``group=1``, Gemm, MatMul with a constant weight)
-reading channels loses the matching input slices of its weight. A grouped Conv that is not depthwise blocks
-the channels it reads and its own (pruning them would need equal counts in every group); its channels are
-still followed, so what reads them downstream (a channel shuffle, say) is reported too. Anything else that
+reading channels loses the matching input slices of its weight. A grouped Conv that is not depthwise is a
+consumer and a producer whose groups keep equally many input and output channels (``group`` stays; each
+group's weight rows lose the columns of its own removed inputs). A grouped ConvTranspose blocks the channels
+it reads. Anything else that
 reads channels, a graph output that carries them, a subgraph that reads them, or a layout the rules cannot
 follow (a Reshape that splits or mixes the channel axis, as a channel shuffle does; a Transpose of an unknown
 rank) *blocks* them: the producers coupled with them form a group that is not pruned, reported with the
@@ -90,11 +91,13 @@ class Producer:
 
 @dataclasses.dataclass(frozen=True)
 class Consumer:
-    """A layer reading channels ``ids`` of its input 0; ``weight_axis`` is its weight's input-channel axis."""
+    """A layer reading channels ``ids`` of its input 0; ``weight_axis`` is its weight's input-channel axis
+    (of a grouped Conv, ``groups`` blocks of rows each read their own block of ``ids``)."""
 
     node: gs.Node
     weight_axis: int
     ids: np.ndarray
+    groups: int = 1
 
 
 @dataclasses.dataclass
@@ -116,7 +119,9 @@ class Edits:
     """Everything that changes when channels go: constants to slice, attributes and shape constants to
     recompute (``adjustments``, each called with the boolean keep mask over all channel ids and a name
     allocator for the constants it makes), the consumers whose inputs lose channels and the depthwise Convs
-    that channels pass through (the layers reconstruction re-fits)."""
+    that channels pass through (the layers reconstruction re-fits), and the constraints on what is kept:
+    lists of ids that must keep at least one (``non_empty``: Split and Slice pieces), and blocks of ids that
+    must keep equally many (``equal``: the groups of a grouped Conv)."""
 
     slices: list[SliceRole] = dataclasses.field(default_factory=list)
     adjustments: list[Callable[[np.ndarray, NameAllocator], None]] = dataclasses.field(default_factory=list)
@@ -124,6 +129,7 @@ class Edits:
     depthwise: list[Consumer] = dataclasses.field(default_factory=list)
     carriers: dict[str, Channels] = dataclasses.field(default_factory=dict)
     non_empty: list[np.ndarray] = dataclasses.field(default_factory=list)
+    equal: list[list[np.ndarray]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -279,11 +285,11 @@ def _conv(walk: _Walk, node: gs.Node, carried: list[Channels | None]) -> None:
         _add_producer(walk, node, 1 if transposed else 0, c_out, 1, 2 if has_bias else None)
         return
     depthwise = not transposed and weight.shape[1] == 1 and c_out == c_in == group
-    if not depthwise:  # its channels are followed (so what reads them is reported) but never pruned
-        reason = f"{node.op} '{node.name}' with group={group} is not depthwise"
-        walk.block(node.inputs[0], reason)
-        _add_producer(walk, node, 1 if transposed else 0, c_out, 1, 2 if has_bias else None)
-        walk.block(node.outputs[0], reason)
+    if transposed:  # not pruned: neither the channels it reads nor its own
+        walk.block(node.inputs[0], f"ConvTranspose '{node.name}' with group={group}")
+        return
+    if not depthwise:
+        _grouped_conv(walk, node, source, group, c_in, c_out, has_bias)
         return
     if source is None:
         return
@@ -297,6 +303,34 @@ def _conv(walk: _Walk, node: gs.Node, carried: list[Channels | None]) -> None:
     walk.edits.adjustments.append(lambda keep, names, n=node, ids=source.ids: n.attrs.__setitem__(
         "group", int(keep[ids].sum())))
     walk.carry(node.outputs[0], Channels(1, source.ids))
+
+
+def _grouped_conv(walk: _Walk, node: gs.Node, source: Channels | None, group: int, c_in: int, c_out: int,
+                  has_bias: bool) -> None:
+    """A grouped Conv keeps ``group``: each group must keep as many input channels as the others (and as many
+    output channels), so its input and output channel lists are split into ``group`` blocks of equal kept
+    counts (``Edits.equal``). Input channel ``j`` of group ``g`` is column ``j`` of the weight rows of group
+    ``g`` only, so the input side is sliced per group (an adjustment, after the rows were)."""
+    if source is not None:
+        if source.axis != 1 or len(source.ids) != c_in:
+            walk.block(node.inputs[0], f"Conv '{node.name}' reads channels off its channel axis")
+        else:
+            blocks = np.split(source.ids, group)
+            walk.edits.equal.append(blocks)
+            walk.edits.consumers.append(Consumer(node, 1, source.ids, group))
+            walk.edits.adjustments.append(lambda keep, names, n=node, b=blocks: _slice_group_inputs(n, b, keep, names))
+    _add_producer(walk, node, 0, c_out, 1, 2 if has_bias else None)
+    walk.edits.equal.append(np.split(walk.producers[-1].ids, group))
+
+
+def _slice_group_inputs(node: gs.Node, blocks: list[np.ndarray], keep: np.ndarray, names: NameAllocator) -> None:
+    weight = node.inputs[1]
+    values = np.asarray(weight.values)
+    rows = len(values) // len(blocks)
+    if all(keep[block].all() for block in blocks):
+        return
+    parts = [np.compress(keep[block], values[g * rows:(g + 1) * rows], axis=1) for g, block in enumerate(blocks)]
+    node.inputs[1] = gs.Constant(names.fresh(f"{weight.name}_pruned"), np.ascontiguousarray(np.concatenate(parts)))
 
 
 def _gemm(walk: _Walk, node: gs.Node, carried: list[Channels | None]) -> None:

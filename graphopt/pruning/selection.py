@@ -24,7 +24,9 @@ and ties, as in a model whose weights are all alike, would otherwise empty the f
 cap is passed over for the next least important channel elsewhere. Either way a
 group keeps at least ``min_channels`` channels (and at least one), and its kept count is rounded *up* to a
 multiple of ``round_to`` (efficient kernels like channel counts that are multiples of 8). A Split or Slice
-piece of the channel axis never becomes empty: its most important channel stays.
+piece of the channel axis never becomes empty: its most important channel stays; the groups of a grouped
+Conv keep equally many channels: each keeps the most important of what it lost until it has as many as the
+group that kept most.
 """
 
 from __future__ import annotations
@@ -66,11 +68,15 @@ def channel_scores(analysis: Analysis, criterion: str, graph: gs.Graph, data: Da
 
 
 def _norms(layers, order: int, count: int) -> np.ndarray:
-    """Per channel id, the summed norms of the layers' weight slices along their ``weight_axis``."""
+    """Per channel id, the summed norms of the layers' weight slices along their ``weight_axis`` (for a
+    grouped Conv consumer, input column ``j`` of group ``g``'s rows is channel ``ids[g * C_in/G + j]``)."""
     norms = np.zeros(count)
     for layer in layers:
         weight = np.asarray(layer.node.inputs[1].values, np.float64)
-        moved = np.moveaxis(weight, layer.weight_axis, 0).reshape(len(layer.ids), -1)
+        groups = getattr(layer, "groups", 1)
+        blocks = np.split(weight, groups, axis=0) if groups > 1 else [weight]
+        moved = np.concatenate([np.moveaxis(b, layer.weight_axis, 0).reshape(b.shape[layer.weight_axis], -1)
+                                for b in blocks])
         norms += np.bincount(layer.ids, weights=np.linalg.norm(moved, ord=order, axis=1), minlength=count)
     return norms
 
@@ -123,7 +129,8 @@ def kept_count(channels: int, ratio: float, min_channels: int, round_to: int) ->
 
 
 def choose(groups: list[Group], ranked: dict[int, np.ndarray], channel_count: int, ratio: float, scope: str,
-           min_channels: int, round_to: int, non_empty: list[np.ndarray], max_group_ratio: float = 1.0) -> np.ndarray:
+           min_channels: int, round_to: int, non_empty: list[np.ndarray], max_group_ratio: float = 1.0,
+           equal: list[list[np.ndarray]] = ()) -> np.ndarray:
     """The keep mask over channel ids. ``ranked`` maps the index of each group to prune to its channel
     scores; the channels of every other group are kept."""
     keep = np.ones(channel_count, bool)
@@ -153,8 +160,23 @@ def choose(groups: list[Group], ranked: dict[int, np.ndarray], channel_count: in
             ids = groups[index].channels[channel]
             keep[ids] = False
             owner.update(dict.fromkeys(ids.tolist(), (index, channel)))
-    for piece in non_empty:
-        if len(piece) and not keep[piece].any():
-            index, channel = max((owner[i] for i in piece.tolist()), key=lambda o: ranked[o[0]][o[1]])
+    def restore(ids: np.ndarray, count: int) -> None:
+        """Keep again the ``count`` most important removed channels among ``ids``."""
+        removed_here = {owner[i] for i in ids.tolist() if not keep[i]}
+        for index, channel in sorted(removed_here, key=lambda o: -ranked[o[0]][o[1]])[:count]:
             keep[groups[index].channels[channel]] = True
+
+    for _ in range(len(equal) + 1):  # restoring a channel can unbalance another constraint: until none does
+        for piece in [*non_empty, *(block for blocks in equal for block in blocks)]:
+            if len(piece) and not keep[piece].any():
+                restore(piece, 1)
+        unbalanced = False
+        for blocks in equal:
+            target = max(int(keep[block].sum()) for block in blocks)
+            for block in blocks:
+                if keep[block].sum() < target:
+                    restore(block, target - int(keep[block].sum()))
+                    unbalanced = True
+        if not unbalanced:
+            break
     return keep
