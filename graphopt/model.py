@@ -212,12 +212,19 @@ _PROTOBUF_MAX_DEPTH = 100  # upb's and protobuf C++'s default recursion limit fo
 _MAX_ELEMENTS = 2**63 - 1  # onnxruntime counts a tensor's elements and bytes in 64 bits
 
 
+# Opsets every onnxruntime graphopt accepts (>= 1.18) runs: models at or below them need no probe, so loading
+# them starts no onnxruntime session (its first one costs ~25 MiB and tens of milliseconds).
+_SUPPORTED_BY_EVERY_RUNTIME = {"ai.onnx": 20, "ai.onnx.ml": 4}
+
+
 def _check_opsets(model: onnx.ModelProto, name: str) -> None:
     """ModelError for an ai.onnx or ai.onnx.ml opset newer than onnx or onnxruntime supports: the checker
     accepts such a model, but nothing could run it, and no output of it would load in onnxruntime."""
     for opset in model.opset_import:
         domain = _RUNTIME_DOMAINS.get(opset.domain)
-        if domain is not None and opset.version > (newest := _newest_opset(domain)):
+        if domain is None or opset.version <= _SUPPORTED_BY_EVERY_RUNTIME[domain]:
+            continue
+        if opset.version > (newest := _newest_opset(domain)):
             raise ModelError(f"{name}: opset {opset.version} of domain {domain} is newer than onnx and "
                              f"onnxruntime support (up to {newest}); upgrade them or convert the model")
 
