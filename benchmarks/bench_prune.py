@@ -207,7 +207,8 @@ def render(results: dict[str, Any]) -> str:
         declines = sorted({_shorten(r) for r in record["declines"]})
         reasons = "; ".join(declines[:4]) + (" ..." if len(declines) > 4 else "")
         lines.append(f"| {name} | {'yes' if record['shapes_kept'] else 'NO'} | {stats.get('groups', 0)} | "
-                     f"{stats.get('groups.pruned', 0)} | {stats.get('skipped.group_blocked', 0)} | "
+                     f"{stats.get('groups.pruned', 0)} | "
+                     f"{stats.get('skipped.group_blocked', 0) + stats.get('skipped.group_constraints', 0)} | "
                      f"{record['after']['macs'] / max(record['before']['macs'], 1):.3f}x | {reasons} |")
     return "\n".join(lines) + "\n"
 

@@ -16,7 +16,8 @@ correction (``graphopt.pruning.reconstruction``).
 Declines. Whole pass: ``ratio=0`` changes nothing. Per group (``skipped.group_<reason>`` and an info
 diagnostic naming its producers and the reason): ``blocked`` (a graph output, a subgraph, an op without a
 pruning rule, a layout the analysis cannot follow such as a channel shuffle), ``excluded`` (a producer named
-in ``exclude``), ``no_score`` (``criterion=bn-scale`` and no producer followed by a BatchNormalization). Per
+in ``exclude``), ``no_score`` (``criterion=bn-scale`` and no producer followed by a BatchNormalization),
+``constraints`` (keeping grouped convolutions' groups equal gave every channel back). Per
 layer that could not be re-fitted: ``skipped.reconstruction`` with a diagnostic. Only the main graph is
 pruned; channels read inside If/Loop/Scan bodies block their group.
 
@@ -44,7 +45,7 @@ from graphopt.pass_base import Diagnostic, Invariant, Option, Pass, PassContext,
 from graphopt.pruning.groups import Analysis, analyse
 from graphopt.pruning.reconstruction import Refit, reconstruct
 from graphopt.pruning.removal import remove_channels
-from graphopt.pruning.selection import CRITERIA, SCOPES, channel_scores, choose, group_scores
+from graphopt.pruning.selection import CRITERIA, SCOPES, channel_scores, choose, group_scores, kept_count
 
 
 class PruneChannels(Pass):
@@ -96,18 +97,11 @@ class PruneChannels(Pass):
         keep = choose(analysis.groups, ranked, analysis.channel_count, values["ratio"], values["scope"],
                       values["min_channels"], values["round_to"], analysis.edits.non_empty,
                       values["max_group_ratio"], analysis.edits.equal)
+        self._summarize(analysis, ranked, keep, stats, diagnostics)
         if keep.all():
             return PassResult(False, dict(stats), tuple(diagnostics))
         original = export_with_gs(graph) if refit else None
         stats["constants.shrunk"] = remove_channels(graph, analysis, keep)
-        for index in ranked:
-            group = analysis.groups[index]
-            kept = sum(bool(keep[channel].all()) for channel in group.channels)
-            if kept < len(group.channels):
-                stats["groups.pruned"] += 1
-                stats["channels.removed"] += len(group.channels) - kept
-                diagnostics.append(Diagnostic("info", f"kept {kept} of {len(group.channels)} channels",
-                                              group.name))
         if refit:
             layers = _layers_to_refit(graph, analysis, keep)
             skipped = reconstruct(graph, original, layers, ctx.data, values["ridge"], values["batch_size"],
@@ -117,6 +111,25 @@ class PruneChannels(Pass):
                 stats["skipped.reconstruction"] += 1
                 diagnostics.append(Diagnostic("info", f"not re-fitted: {reason}", node_name))
         return PassResult(True, dict(stats), tuple(diagnostics))
+
+    def _summarize(self, analysis: Analysis, ranked: dict[int, np.ndarray], keep: np.ndarray, stats,
+                   diagnostics) -> None:
+        """Per ranked group: the channels it keeps, or why it kept them all."""
+        values = self.values
+        for index in ranked:
+            group = analysis.groups[index]
+            kept = sum(bool(keep[channel].all()) for channel in group.channels)
+            if kept < len(group.channels):
+                stats["groups.pruned"] += 1
+                stats["channels.removed"] += len(group.channels) - kept
+                diagnostics.append(Diagnostic("info", f"kept {kept} of {len(group.channels)} channels",
+                                              group.name))
+            elif kept_count(len(group.channels), values["ratio"], values["min_channels"], values["round_to"]) \
+                    < kept:
+                stats["skipped.group_constraints"] += 1
+                diagnostics.append(Diagnostic("info", "not pruned: keeping the groups of the grouped convolutions "
+                                              "that read it equal (and Split/Slice pieces non-empty) gave back "
+                                              "every channel it would have lost", group.name))
 
     def _rank(self, analysis: Analysis, scores: np.ndarray, stats, diagnostics) -> dict[int, np.ndarray]:
         ranked = {}

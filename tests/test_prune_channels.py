@@ -312,6 +312,7 @@ def test_grouped_conv_restores_channels_to_balance_its_groups():
     model = net.model(net.conv(h, 8, 4, group=2, name="grouped"))
     pruned, stats, _ = prune(model, ratio=0.25)
     assert weight_shapes(pruned)["a"] == (8, 4, 3, 3) and "channels.removed" not in stats
+    assert stats["skipped.group_constraints"] == 1
 
 
 def test_grouped_conv_transpose_blocks():
