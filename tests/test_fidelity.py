@@ -512,13 +512,14 @@ def _weighted_with_subgraph() -> onnx.ModelProto:
 def test_a_split_model_exports_what_the_whole_model_exports():
     model = _weighted_with_subgraph()
     split = load_split(model.SerializeToString())
-    assert to_model(to_graph(*split), split.model).SerializeToString() == round_trip(model).SerializeToString()
+    exported = to_model(to_graph(split.model, split.weights), split.model)
+    assert exported.SerializeToString() == round_trip(model).SerializeToString()
 
 
 def test_the_last_export_lets_go_of_the_input_weights():
     model = _weighted_with_subgraph()
     split = load_split(model.SerializeToString())
-    graph = to_graph(*split)
+    graph = to_graph(split.model, split.weights)
     exported = to_model(graph, split.model, release=True)
     read = [t._values.tensor for g in graph.subgraphs(recursive=True) for t in g.tensors().values()
             if isinstance(t, gs.Constant)] + [t._values.tensor for t in graph.tensors().values()
