@@ -40,11 +40,13 @@ class Dataset:
         """Samples: the shortest first axis. Scalar (rank-0) inputs have no sample axis and do not count."""
         return min((len(a) for a in self.arrays.values() if a.ndim), default=0)
 
-    def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-        """Consecutive batches of at most ``batch_size`` samples (scalar inputs go with every batch)."""
-        for start in range(0, len(self), batch_size):
-            yield {name: array[start:start + batch_size] if array.ndim else array
-                   for name, array in self.arrays.items()}
+    def batches(self, batch_size: int, limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """Consecutive batches of at most ``batch_size`` samples, the first ``limit`` samples at most (scalar
+        inputs go with every batch)."""
+        end = len(self) if limit is None else min(len(self), limit)
+        for start in range(0, end, batch_size):
+            stop = start + batch_size if limit is None else min(start + batch_size, end)
+            yield {name: array[start:stop] if array.ndim else array for name, array in self.arrays.items()}
 
     def head(self, count: int) -> dict[str, np.ndarray]:
         return {name: array[:count] if array.ndim else array for name, array in self.arrays.items()}

@@ -290,3 +290,12 @@ def test_batches_with_different_scalars_are_refused():
     batches = [{"scale": np.asarray(np.float32(s)), "x": np.ones((2, 4), np.float32)} for s in (1, 2)]
     with pytest.raises(DataError, match="'scale' is a scalar .* not the same scalar in every batch"):
         load_data(batches, parse_model(SCALAR_INPUT))
+
+
+def test_batches_stop_after_the_limit_and_keep_scalars():
+    dataset = Dataset({"x": np.arange(10, dtype=np.float32).reshape(10, 1), "n": np.array(3)})
+    batches = list(dataset.batches(4, limit=6))
+    assert [len(b["x"]) for b in batches] == [4, 2] and all(b["n"] == 3 for b in batches)
+    assert np.concatenate([b["x"] for b in batches]).ravel().tolist() == [0, 1, 2, 3, 4, 5]
+    assert [len(b["x"]) for b in dataset.batches(4)] == [4, 4, 2]
+    assert [len(b["x"]) for b in dataset.batches(4, limit=50)] == [4, 4, 2]

@@ -61,7 +61,7 @@ def reconstruct(graph: gs.Graph, original: onnx.ModelProto, layers: list[Refit],
         system = _NormalEquations()
         pruned = cpu_session(with_outputs(export_with_gs(graph), [layer.node.inputs[0].name]))
         reference = cpu_session(with_outputs(original, [layer.node.outputs[0].name]))
-        for batch in _batches(data, batch_size, samples):
+        for batch in data.batches(batch_size, samples):
             (x,) = pruned.run([layer.node.inputs[0].name], batch)
             (y,) = reference.run([layer.node.outputs[0].name], batch)
             if layer.keep_out is not None:
@@ -83,16 +83,6 @@ def _unsupported(node: gs.Node) -> str | None:
     if node.op in ("Gemm", "MatMul"):
         return None
     return f"{node.op} is not re-fitted"
-
-
-def _batches(data: Dataset, batch_size: int, samples: int):
-    seen = 0
-    for batch in data.batches(batch_size):
-        if seen >= samples:
-            return
-        batch = {k: v[:samples - seen] if v.ndim else v for k, v in batch.items()}
-        seen += min(len(v) for v in batch.values() if v.ndim)
-        yield batch
 
 
 def _rows(node: gs.Node, x: np.ndarray, y: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray, bool]:

@@ -89,12 +89,7 @@ def _activation_scores(analysis: Analysis, graph: gs.Graph, data: Dataset, batch
     session = cpu_session(with_outputs(export_with_gs(graph), names))
     sums = {name: np.zeros(len(read[name].ids)) for name in names}
     counts = dict.fromkeys(names, 0)
-    seen = 0
-    for batch in data.batches(batch_size):
-        if seen >= samples:
-            break
-        batch = {k: v[:samples - seen] for k, v in batch.items()}
-        seen += len(next(iter(batch.values())))
+    for batch in data.batches(batch_size, samples):
         for name, value in zip(names, session.run(names, batch), strict=True):
             axis = read[name].axis
             moved = np.moveaxis(np.abs(value.astype(np.float64)), axis, 0).reshape(value.shape[axis], -1)
