@@ -43,6 +43,7 @@ import functools
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -565,12 +566,12 @@ class _TorchBranchLoop:
         return BranchLoop().eval()
 
 
-def torch_case() -> Case:
-    """Exported from PyTorch 2.x with the TorchScript exporter (``dynamo=False``; the dynamo exporter needs
-    onnxscript, which is not installed): a data-dependent ``if`` becomes an If whose then branch reads the
-    main graph's Relu output and the Conv and BatchNormalization weights (constant folding off, so the
-    BatchNormalization stays in the branch), and a ``for`` loop over an int input becomes a Loop whose body
-    reads the Relu output and multiplies by 1."""
+TORCH_MODEL = Path(__file__).resolve().parent / "data" / "torch_branch_loop.onnx"
+
+
+def export_torch_model() -> onnx.ModelProto:
+    """The model of ``torch_case``, exported anew (needs torch; ``python tests/test_control_flow.py`` writes it
+    to ``TORCH_MODEL``, which the tests read so that they run where torch is not installed, as in CI)."""
     import io
 
     torch = pytest.importorskip("torch")
@@ -580,7 +581,23 @@ def torch_case() -> Case:
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (torch.randn(1, 2, 4, 4), 3), buffer, dynamo=False, opset_version=17,
                           do_constant_folding=False, input_names=["x", "n"], output_names=["y"])
-    model = onnx.load_from_string(buffer.getvalue())
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def test_the_committed_torch_export_is_what_torch_exports():
+    exported, committed = export_torch_model(), onnx.load(str(TORCH_MODEL))
+    assert Counter(ops(exported.graph)) == Counter(ops(committed.graph))
+    feeds = {"x": np.ones((1, 2, 4, 4), np.float32), "n": np.array(2, np.int64)}
+    np.testing.assert_allclose(run_model(exported, feeds)["y"], run_model(committed, feeds)["y"], rtol=1e-6)
+
+
+def torch_case() -> Case:
+    """Exported from PyTorch 2.x with the TorchScript exporter (``dynamo=False``; the dynamo exporter needs
+    onnxscript, which is not installed): a data-dependent ``if`` becomes an If whose then branch reads the
+    main graph's Relu output and the Conv and BatchNormalization weights (constant folding off, so the
+    BatchNormalization stays in the branch), and a ``for`` loop over an int input becomes a Loop whose body
+    reads the Relu output and multiplies by 1. Read from ``TORCH_MODEL`` (see ``export_torch_model``)."""
+    model = onnx.load(str(TORCH_MODEL))
     onnx.checker.check_model(model, full_check=True)
     assert {"If", "Loop"} <= set(ops(model.graph)), f"torch exported no If/Loop: {dict(ops(model.graph))}"
     assert ops(body(model, "main/If:then_branch"))["BatchNormalization"] == 1
@@ -818,3 +835,9 @@ def test_other_lossy_passes(pass_name, name):
     expectation = LOSSY_EXPECTATIONS.get((pass_name, name))
     if expectation:
         expectation(optimized, report)
+
+
+if __name__ == "__main__":
+    TORCH_MODEL.parent.mkdir(exist_ok=True)
+    onnx.save(export_torch_model(), str(TORCH_MODEL))
+    print(f"wrote {TORCH_MODEL}")
