@@ -48,6 +48,7 @@ from graph_strategies import (
     OPS,
     PATTERN_EMITTERS,
     PATTERNS,
+    Value,
     _broadcastable,
     _Builder,
     _choose_outputs,
@@ -76,22 +77,12 @@ NEW_OPS = {
 
 
 @dataclasses.dataclass(frozen=True)
-class Typed:
-    """A value of any element type: name, dtype name (``DTYPES``), static shape, bound of |value|, exactness."""
+class Typed(Value):
+    """A value of any element type: ``Value``'s name, static shape and bound of |value|, plus the dtype name
+    (``DTYPES``) and whether it is computed exactly."""
 
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    scale: float
-    exact: bool
-
-    @property
-    def rank(self) -> int:
-        return len(self.shape)
-
-    @property
-    def size(self) -> int:
-        return math.prod(self.shape)
+    dtype: str = "float32"
+    exact: bool = False
 
 
 class FuzzModel:
@@ -145,7 +136,7 @@ class FuzzBuilder(_Builder):
 
     def pool(self, dtype: str) -> list[Typed]:
         if dtype == "float32":
-            return [Typed(v.name, "float32", v.shape, v.scale, v.name in self.exact) for v in self.values]
+            return [Typed(v.name, v.shape, v.scale, "float32", v.name in self.exact) for v in self.values]
         return self.typed[dtype]
 
     def add(self, name: str, dtype: str, shape, scale: float, exact: bool) -> Typed:
@@ -157,8 +148,8 @@ class FuzzBuilder(_Builder):
             if exact:
                 self.exact.add(name)
         else:
-            self.typed[dtype].append(Typed(name, dtype, shape, float(scale), exact))
-        return Typed(name, dtype, shape, float(scale), exact)
+            self.typed[dtype].append(Typed(name, shape, float(scale), dtype, exact))
+        return Typed(name, shape, float(scale), dtype, exact)
 
     def take(self, dtype: str, exact: bool = False, limit: float | None = None,
              ranks: tuple[int, ...] | None = None) -> Typed | None:
@@ -256,7 +247,7 @@ def _condition(b: FuzzBuilder, shape: tuple[int, ...]) -> Typed:
         x = exact[-1]
         out = b.node(b.choice(["Less", "Greater"]), [x.name, b.const(np.asarray(0.0, np.float32), exact=True)])[0]
         return b.add(out, "bool", cond_shape, 1, True)
-    return Typed(b.constant_of("bool", cond_shape), "bool", cond_shape, 1, True)
+    return Typed(b.constant_of("bool", cond_shape), cond_shape, 1, "bool", True)
 
 
 def _emit_where(b: FuzzBuilder, dtype: str) -> Typed | None:
@@ -575,7 +566,7 @@ def _emit_concat_any(b: FuzzBuilder, dtype: str) -> Typed | None:
         else:
             shape = list(x.shape)
             shape[axis] = b.integer(1, 3)
-            parts.append(Typed(b.constant_of(dtype, shape), dtype, tuple(shape), 1.0, True))
+            parts.append(Typed(b.constant_of(dtype, shape), tuple(shape), 1.0, dtype, True))
         exact = exact and parts[-1].exact
     shape = list(x.shape)
     shape[axis] = sum(p.shape[axis] for p in parts)
