@@ -16,14 +16,15 @@ names, dtypes or shapes do not fit, and when the data holds NaN or Inf.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Union
 
 import numpy as np
 import onnx
 
-from graphopt.errors import DataError
+from graphopt.errors import DataError, UsageError
 
 DataSource = Union[str, os.PathLike, Mapping[str, np.ndarray], Iterable[Mapping[str, np.ndarray]], "Dataset"]
 
@@ -175,18 +176,30 @@ def _split_extras(dataset: Dataset, model: onnx.ModelProto) -> Dataset:
     return Dataset(arrays, extras, dataset.synthetic)
 
 
+SYNTHETIC_MAX_BYTES = 2**30  # random data larger than this per input is refused, not allocated
+
+
 def synthetic_dataset(model: onnx.ModelProto, samples: int = 8, seed: int = 0,
-                      dims: Mapping[str, int] | None = None) -> Dataset:
+                      dims: Mapping[str, int] | None = None,
+                      shapes: Mapping[str, Sequence[int]] | None = None) -> Dataset:
     """Random inputs from the declared types and shapes: normal floats, small non-negative integers,
-    booleans. Symbolic dimensions take their size from ``dims`` (default 1); the first axis is samples."""
+    booleans. Symbolic dimensions take their size from ``dims`` (default 1); the first axis is samples.
+    ``shapes`` gives an input its whole shape instead. An input of more than ``SYNTHETIC_MAX_BYTES`` is a
+    UsageError, raised before anything is allocated."""
     rng = np.random.default_rng(seed)
-    arrays = {}
+    concrete_shapes = {}
     for name, (dtype, shape) in model_inputs(model).items():
         concrete = [d if isinstance(d, int) and d > 0 else (dims or {}).get(str(d), 1) for d in shape]
         if concrete:
             concrete[0] = samples if not isinstance(shape[0], int) or shape[0] <= 0 else shape[0]
-        arrays[name] = _random(rng, dtype, concrete)
-    return Dataset(arrays, synthetic=True)
+        concrete = list((shapes or {}).get(name, concrete))
+        size = math.prod(concrete) * dtype.itemsize
+        if size > SYNTHETIC_MAX_BYTES:
+            raise UsageError(f"random data for input '{name}' of shape {concrete} would take "
+                             f"{size / 2**30:.3g} GiB; give real data, or smaller shapes")
+        concrete_shapes[name] = (dtype, concrete)
+    return Dataset({name: _random(rng, dtype, shape) for name, (dtype, shape) in concrete_shapes.items()},
+                   synthetic=True)
 
 
 def _random(rng: np.random.Generator, dtype: np.dtype, shape: list[int]) -> np.ndarray:

@@ -56,7 +56,6 @@ from graphopt.validate.providers import (
 from graphopt.validate.tensorrt_lint import LintFinding, lint_tensorrt
 
 SYNTHETIC_SAMPLES = 8
-SYNTHETIC_MAX_BYTES = 2**30  # random data larger than this is refused: give --data or --shape
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,18 +260,7 @@ def _synthetic(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]] | Non
         if len(shape) != len(inputs[name][1]) or any(d < 1 for d in shape):
             raise UsageError(f"--shape {name}={'x'.join(map(str, shape))} does not fit the declared "
                              f"{inputs[name][1]}")
-    for name, (dtype, shape) in inputs.items():
-        dims = list(shapes[name]) if shapes and name in shapes else \
-            [SYNTHETIC_SAMPLES if i == 0 and not (isinstance(d, int) and d > 0) else
-             d if isinstance(d, int) and d > 0 else 1 for i, d in enumerate(shape)]
-        size = int(np.prod(dims, dtype=object)) * dtype.itemsize
-        if size > SYNTHETIC_MAX_BYTES:
-            raise UsageError(f"random data for input '{name}' of shape {dims} would take {size / 2**30:.3g} GiB; "
-                             f"give --data, or a smaller --shape {name}=...")
-    dataset = synthetic_dataset(model, samples=SYNTHETIC_SAMPLES)
-    arrays = {name: np.resize(array, shapes[name]).astype(array.dtype) if shapes and name in shapes else array
-              for name, array in dataset.arrays.items()}
-    return Dataset(arrays, synthetic=True)
+    return synthetic_dataset(model, samples=SYNTHETIC_SAMPLES, shapes=shapes)
 
 
 def _first_batch(dataset: Dataset, batch_size: int) -> dict[str, np.ndarray]:
