@@ -24,6 +24,7 @@ from graphopt.quantize.calibration import (
     METHODS,
     MIN_RANGE_WIDTH,
     UINT8_STEPS,
+    Calibration,
     PowerOfTwoHistogram,
     _exponent_for,
     _kl_threshold_bins,
@@ -335,6 +336,18 @@ def test_calibrate_digits_histogram_methods_match_the_collector(digits_model, di
     assert ranges["input"] == _range(method, digits_data.arrays["input"])
     minmax = calibrate(digits_model, [CONV1], digits_data)[CONV1]
     assert minmax[0] <= ranges[CONV1][0] <= 0.0 < ranges[CONV1][1] <= minmax[1]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_calibration_fed_in_parts_gives_the_ranges_of_all_the_data(digits_model, digits_data, method):
+    tensors = [CONV1, "/fc1/Gemm_output_0", "input", "conv1.weight"]
+    first = Dataset({name: array[:200] for name, array in digits_data.arrays.items()})
+    rest = Dataset({name: array[200:] for name, array in digits_data.arrays.items()})
+    calibration = Calibration(digits_model, tensors, method, batch_size=48)
+    part = calibration.feed(first).ranges()
+    assert part == calibrate(digits_model, tensors, first, method, batch_size=48)
+    assert calibration.feed(rest).ranges() == calibrate(digits_model, tensors, digits_data, method, batch_size=48)
+    assert part != calibration.ranges()  # the 56 more samples moved some range
 
 
 def test_calibrate_initializer_directly(digits_model, digits_data):

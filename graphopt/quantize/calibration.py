@@ -5,7 +5,8 @@ requested intermediate tensors on onnxruntime's CPU provider with its graph opti
 (``graphopt.validate.numerics.cpu_session``, so every tensor keeps its name), one batch of ``data`` at a
 time, and feeds each tensor's values to its collector (``make_collector``). Graph inputs are read from the
 data and initializers from the model (an initializer that is also a graph input, as in IR < 4, is calibrated
-on its stored value). The caller's model is not modified.
+on its stored value). The caller's model is not modified. ``Calibration`` is the same fed dataset by
+dataset, for the ranges of a part of the data and of all of it in one pass.
 
 Memory: one batch of the requested activations (what onnxruntime returns for that batch) plus fixed-size
 state per tensor: the running extremes and, for the histogram methods, two histograms of ``2 * bins``
@@ -410,24 +411,60 @@ def calibrate(model: onnx.ModelProto, tensors: Sequence[str], data: Dataset, met
               batch_size: int = 16, percentile: float = 99.999, symmetric: bool = False,
               progress: Callable[[int, int], None] | None = None) -> dict[str, tuple[float, float]]:
     """The range of each tensor in ``tensors`` (node outputs, graph inputs or initializers of the top-level
-    graph, all float) over ``data``, by ``method``; see the module docstring.
+    graph, all float) over ``data``, by ``method``; see the module docstring and ``Calibration``."""
+    calibration = Calibration(model, tensors, method, batch_size=batch_size, percentile=percentile,
+                              symmetric=symmetric)
+    return calibration.feed(data, progress).ranges()
+
+
+class Calibration:
+    """Calibration fed dataset by dataset: ``feed(a)`` then ``feed(b)`` gives the ranges of one ``feed`` of
+    ``a`` and ``b`` together (the collectors stream; the histograms are bit-identical whatever the batching),
+    and ``ranges()`` may be read in between, so the ranges of a part of the data and of all of it cost one
+    pass over the data.
 
     ``data`` is a ``graphopt.data.Dataset`` (``load_data(source, model)`` checks it against the model), or
     any object with ``len()`` (samples) and ``batches(batch_size)`` like it. ``progress(done, total)`` is
     called with sample counts after each batch. Raises ``UsageError`` for an unknown or non-float tensor or a
     bad option, ``DataError`` for data without samples or a tensor without a finite value."""
-    if isinstance(tensors, str):
-        raise UsageError("tensors must be a sequence of tensor names, not one string")
-    if batch_size < 1:
-        raise UsageError(f"batch_size must be at least 1, not {batch_size}")
-    names = list(dict.fromkeys(tensors))
-    collectors = {name: make_collector(method, percentile=percentile, symmetric=symmetric) for name in names}
-    initializers, inputs, activations = _locate(model, names)
-    for name, value in initializers.items():
-        collectors[name].update(value)
-    if inputs or activations:
-        _collect_from_data(model, inputs, activations, data, batch_size, collectors, progress)
-    return {name: _finished_range(name, collector) for name, collector in collectors.items()}
+
+    def __init__(self, model: onnx.ModelProto, tensors: Sequence[str], method: str = "minmax", *,
+                 batch_size: int = 16, percentile: float = 99.999, symmetric: bool = False):
+        if isinstance(tensors, str):
+            raise UsageError("tensors must be a sequence of tensor names, not one string")
+        if batch_size < 1:
+            raise UsageError(f"batch_size must be at least 1, not {batch_size}")
+        names = list(dict.fromkeys(tensors))
+        self._model = model
+        self._batch_size = batch_size
+        self._collectors = {name: make_collector(method, percentile=percentile, symmetric=symmetric)
+                            for name in names}
+        initializers, self._inputs, self._activations = _locate(model, names)
+        for name, value in initializers.items():
+            self._collectors[name].update(value)
+        self._session: ort.InferenceSession | None = None
+
+    def feed(self, data: Dataset, progress: Callable[[int, int], None] | None = None) -> Calibration:
+        """Run the model over ``data`` batch by batch and feed each requested input and activation to its
+        collector; returns self."""
+        if not (self._inputs or self._activations):
+            return self
+        total = len(data)
+        if not total:
+            raise DataError("the calibration data holds no samples")
+        if self._activations and self._session is None:
+            self._session = _exposing_session(self._model, self._activations)
+        done = 0
+        for batch in data.batches(self._batch_size):
+            _collect_batch(self._session, self._inputs, self._activations, batch, self._collectors)
+            done = min(done + self._batch_size, total)
+            if progress is not None:
+                progress(done, total)
+        return self
+
+    def ranges(self) -> dict[str, tuple[float, float]]:
+        """The range of every tensor over all the data fed so far, by name."""
+        return {name: _finished_range(name, collector) for name, collector in self._collectors.items()}
 
 
 def _locate(model: onnx.ModelProto, names: list[str]) -> tuple[dict[str, np.ndarray], list[str], list[str]]:
@@ -451,22 +488,6 @@ def _locate(model: onnx.ModelProto, names: list[str]) -> tuple[dict[str, np.ndar
 def _require_float(name: str, is_float: bool, type_name: str) -> None:
     if not is_float:
         raise UsageError(f"cannot calibrate '{name}': it is {type_name}, and only float tensors are quantized")
-
-
-def _collect_from_data(model: onnx.ModelProto, inputs: list[str], activations: list[str], data: Dataset,
-                       batch_size: int, collectors: dict[str, Collector],
-                       progress: Callable[[int, int], None] | None) -> None:
-    """Run the model batch by batch and feed each requested input and activation to its collector."""
-    total = len(data)
-    if not total:
-        raise DataError("the calibration data holds no samples")
-    session = _exposing_session(model, activations) if activations else None
-    done = 0
-    for batch in data.batches(batch_size):
-        _collect_batch(session, inputs, activations, batch, collectors)
-        done = min(done + batch_size, total)
-        if progress is not None:
-            progress(done, total)
 
 
 def _exposing_session(model: onnx.ModelProto, activations: list[str]) -> ort.InferenceSession:
