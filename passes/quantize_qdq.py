@@ -44,6 +44,23 @@ left for the runtime to run standalone around a float kernel (what makes int8 sl
   when one of its inputs comes from a quantized node (a Q/DQ pair around it alone would not pay), and not
   when no int8 node reads its output and its quantized inputs all come from Gemm/MatMul that would write
   float without it (it would only move the standalone DequantizeLinear past itself).
+  Two rules answer to onnxruntime's CPU kernels rather than to its selectors. A Conv that sums fewer than
+  64 products per output (input channels per group x kernel elements: a network's first layer on one to
+  seven input channels), unless it is depthwise (one input channel per group, several groups; its int8
+  kernel is its own), is quantized, but auto mode also tries the variant it chose with such Convs in float
+  (reported as ``shallow_conv`` when that one is kept): onnxruntime's QLinearConv is slower than its float
+  Conv there (measured at batch 64 on 32x32 inputs, 3x3 kernels to 16 channels: 4.3x slower on 1 input
+  channel, 1.7x on 4, even on 8), but in float the layer needs a QuantizeLinear on its output, larger than
+  its input, and a layout change, which can cost more at batch 1 (MobileNetV2-style net of ``models/``:
+  1.13x faster than float with the stem in int8, 0.94x with it in float). A first layer's rounding is also
+  the largest of a small net's: keeping the small ResNet's stem float halves its logits' error. And when the
+  output of a float MaxPool
+  is quantized and its input is written by a float Relu/Clip read by nothing else, the two trade places
+  (``max`` commutes with any non-decreasing function, exactly: ``f(max(a, b)) = max(f(a), f(b))``; padding
+  and dilation only choose which values are compared): onnxruntime moves a QuantizeLinear back across a
+  MaxPool (its QDQPropagationTransformer) and would run that MaxPool on uint8 in NCHW, 25x slower than the
+  float one (measured on the digits CNN: 6.5 ms against 0.24 ms); a Relu/Clip before the QuantizeLinear
+  stops the move, and costs a quarter of what it did before a 2x2 pool.
 * ``tensorrt`` (explicit quantization): Q/DQ on the activation input and the weight of Conv, ConvTranspose,
   Gemm and MatMul only; TensorRT fuses the rest (activations, pooling, the next layer's input quantization)
   itself. Everything is signed int8 with zero point 0, the result passes ``lint_tensorrt`` without errors.
@@ -75,10 +92,12 @@ default, "faithful by construction") holds out ``holdout_fraction`` of the data,
 some nodes kept in float (``keep_float``): the most sensitive nodes stay float until the held-out outputs
 meet the budget (``max_accuracy_drop`` with labels, else ``min_cosine`` and ``min_top1_agreement``), and the
 variant found is kept only when it runs at least ``min_speedup`` times as fast as float on the target's
-provider. The graph is then quantized exactly as that variant was (same placement, same ranges), or, when no
-int8 variant is within the budget and fast enough, left as it is (``changed`` false) with a warning. Stats
-``auto.variants`` and ``auto.holdout_samples``; one info diagnostic per variant tried, with its verdicts,
-and one for the decision, with the latency.
+provider. The graph is then quantized as that variant was (same placement), with the ranges calibrated on all
+the data when that refit still meets the budget (``graphopt.quantize.auto``, "Refit"; the calibration is fed
+the held-out samples after the others, so both sets of ranges cost one pass), else with the variant's own;
+or, when no int8 variant is within the budget and fast enough, left as it is (``changed`` false) with a
+warning. Stats ``auto.variants``, ``auto.holdout_samples`` and ``auto.refitted``; one info diagnostic per
+variant tried, with its verdicts, one for the refit and one for the decision, with the latency.
 
 Declines. The whole pass, with a warning and ``skipped.<reason>``: ``no_data``; ``opset_below_13`` (per-axis
 Q/DQ needs opset 13); ``already_quantized`` (the graph holds Q/DQ nodes: running the pass twice changes
@@ -98,7 +117,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -109,7 +128,7 @@ from graphopt.data import Dataset, synthetic_dataset
 from graphopt.fidelity import export_with_gs
 from graphopt.pass_base import Diagnostic, Invariant, Option, Pass, PassContext, PassResult
 from graphopt.quantize import auto
-from graphopt.quantize.calibration import METHODS, calibrate
+from graphopt.quantize.calibration import METHODS, Calibration
 from graphopt.quantize.dynamic import quantize_dynamic
 from graphopt.quantize.weights import QuantParams, positive_scale, quantize, weight_params
 from graphopt.rewrite import NameAllocator, constant_array, constant_value, is_standard_op
@@ -129,7 +148,10 @@ class TargetRules:
     ``quantize_outputs``: outputs of quantized nodes get Q/DQ (the int8 kernel writes int8);
     ``quantize_bias``: biases become int32; ``signed``: activations are symmetric int8 (else uint8);
     ``unlisted_reason``: the reason reported for a node of any other op type; ``provider``: the onnxruntime
-    provider (short name) the target runs on, where auto mode times the result."""
+    provider (short name) the target runs on, where auto mode times the result; ``min_conv_depth``: auto
+    mode also tries a Conv that sums fewer products per output (not depthwise) in float;
+    ``shield_float_max_pool``: a float Relu/Clip -> MaxPool whose output is quantized becomes MaxPool ->
+    Relu/Clip (see the module docstring)."""
 
     weighted: frozenset[str]
     same_range: frozenset[str]
@@ -139,6 +161,8 @@ class TargetRules:
     signed: bool
     unlisted_reason: str
     provider: str
+    min_conv_depth: int = 0
+    shield_float_max_pool: bool = False
 
     def followers(self) -> frozenset[str]:
         return self.same_range | self.own_range
@@ -151,7 +175,8 @@ TARGETS = {
                               "Gather", "GatherElements", "Expand", "Tile", "Resize", "Split"}),
         own_range=frozenset({"Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "LeakyRelu",
                              "Sigmoid", "Softmax"}),
-        quantize_outputs=True, quantize_bias=True, signed=False, unlisted_reason="no_int8_kernel", provider="cpu"),
+        quantize_outputs=True, quantize_bias=True, signed=False, unlisted_reason="no_int8_kernel", provider="cpu",
+        min_conv_depth=64, shield_float_max_pool=True),
     "tensorrt": TargetRules(
         weighted=frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"}), same_range=frozenset(),
         own_range=frozenset(), quantize_outputs=False, quantize_bias=False, signed=True,
@@ -172,6 +197,9 @@ REASONS = {
     "weight_rank": "its weight has a rank the int8 kernel does not take",
     "bias_not_constant_vector": "its bias is not a constant vector with one value per output channel",
     "gemm_beta": "Gemm with a bias and beta != 1 (the int8 kernel adds the bias unscaled)",
+    "shallow_conv": "it sums few products per output (input channels per group x kernel elements): the "
+                    "target's int8 convolution is slower than its float one there, and mode=auto found the "
+                    "model faster with it in float",
     "not_fusable": "it cannot be fused into the quantized node before it (that node's output has other readers "
                    "or is a graph output, or its bounds are not constant)",
     "after_float_output": "it follows a Gemm/MatMul that writes float (no int8 node reads its result)",
@@ -237,15 +265,18 @@ class Placement:
         return activation.outputs[0] if activation is not None else tensor
 
 
-def place(graph: gs.Graph, rules: TargetRules, exclude_op_types=(), exclude_nodes=(), keep_float=()) -> Placement:
+def place(graph: gs.Graph, rules: TargetRules, exclude_op_types=(), exclude_nodes=(), keep_float=(),
+          faster_in_float=()) -> Placement:
     """Decide which nodes of ``graph`` (not of its subgraphs) run in int8 and which tensors get Q/DQ (see the
-    module docstring). ``keep_float``: nodes auto mode keeps in float, by ``node_key``. ``graph`` must be
+    module docstring). ``keep_float``: nodes auto mode keeps in float for fidelity (``sensitive``), by
+    ``node_key``; ``faster_in_float``: those it keeps in float for speed (``shallow_conv``). ``graph`` must be
     topologically sorted; it is not modified.
 
     Keeping more nodes in float never quantizes another one: a follower needs an int8 input, an absorbed
     Relu/Clip an int8 producer, and fewer int8 nodes only demote more dead ends. So the tensors of a
     placement with more nodes kept float are among this one's ``tensors``."""
-    return _Placer(graph, rules, frozenset(exclude_op_types), frozenset(exclude_nodes), frozenset(keep_float)).run()
+    kept = {key: "shallow_conv" for key in faster_in_float} | {key: "sensitive" for key in keep_float}
+    return _Placer(graph, rules, frozenset(exclude_op_types), frozenset(exclude_nodes), kept).run()
 
 
 def node_key(node: gs.Node) -> str:
@@ -256,7 +287,7 @@ def node_key(node: gs.Node) -> str:
 
 class _Placer:
     def __init__(self, graph: gs.Graph, rules: TargetRules, exclude_op_types: frozenset[str],
-                 exclude_nodes: frozenset[str], keep_float: frozenset[str]):
+                 exclude_nodes: frozenset[str], keep_float: dict[str, str]):
         self.graph, self.rules = graph, rules
         self.exclude_op_types, self.exclude_nodes, self.keep_float = exclude_op_types, exclude_nodes, keep_float
         self.placement = Placement()
@@ -295,7 +326,7 @@ class _Placer:
             return "excluded_node"
         if node.op in self.exclude_op_types:
             return "excluded_op_type"
-        return "sensitive" if node_key(node) in self.keep_float else None
+        return self.keep_float.get(node_key(node))
 
     def _reason(self, node: gs.Node) -> str | None:
         """Why ``node`` stays float; None when it runs in int8 (or, a Relu/Clip, is absorbed)."""
@@ -453,6 +484,17 @@ def _weight_reason(node: gs.Node, rules: TargetRules) -> str | None:
     return None
 
 
+def _depth_reason(node: gs.Node, rules: TargetRules) -> str | None:
+    """``shallow_conv`` for a Conv with a constant weight, not depthwise, that sums fewer than
+    ``rules.min_conv_depth`` products per output: ``C_in / group * prod(kernel)``, read from its weight
+    [C_out, C_in / group, k...]."""
+    if node.op != "Conv" or len(node.inputs) < 2 or not isinstance(node.inputs[1], gs.Constant):
+        return None
+    shape = node.inputs[1].shape
+    depthwise = shape[1] == 1 and node.attrs.get("group", 1) > 1
+    return "shallow_conv" if not depthwise and int(np.prod(shape[1:])) < rules.min_conv_depth else None
+
+
 def _bias(node: gs.Node) -> gs.Tensor | None:
     """The bias input of a Conv, ConvTranspose or Gemm; None when absent (and for MatMul)."""
     if node.op == "MatMul" or len(node.inputs) < 3 or not node.inputs[2].name:
@@ -541,6 +583,26 @@ class _Rewriter:
         self.nodes.append(gs.Node(op, self.names.fresh(f"{name}_{op}"), attrs, inputs, [output]))
 
 
+def _shield_float_max_pools(graph: gs.Graph, placement: Placement, names: NameAllocator) -> None:
+    """Each float Relu/Clip -> MaxPool whose output is quantized becomes MaxPool -> Relu/Clip (see the module
+    docstring): the quantized tensor keeps its name, its values and its readers; the Relu/Clip must be read
+    by the MaxPool only and not be absorbed, the MaxPool must have no Indices output."""
+    int8 = {id(node) for node in placement.quantized} | {id(node) for node in placement.absorbed.values()}
+    for entry in placement.tensors.values():
+        pooled = entry.tensor
+        pool = pooled.inputs[0] if len(pooled.inputs) == 1 else None
+        if pool is None or not is_standard_op(pool, "MaxPool") or id(pool) in int8 or len(pool.outputs) != 1:
+            continue
+        before = pool.inputs[0]
+        activation = before.inputs[0] if len(before.inputs) == 1 else None
+        if activation is None or activation.op not in _ACTIVATIONS or not is_standard_op(activation, activation.op) \
+                or id(activation) in int8 or len(before.outputs) != 1 or before in graph.outputs:
+            continue
+        between = gs.Variable(names.fresh(f"{pooled.name}_before_{activation.op}"), pooled.dtype, pooled.shape)
+        pool.inputs[0], pool.outputs[0] = activation.inputs[0], between
+        activation.inputs[0], activation.outputs[0] = between, pooled
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The pass
 
@@ -600,30 +662,41 @@ class QuantizeQDQ(Pass):
         model = export_with_gs(graph)
         data, warnings = _data_or_synthetic(ctx.data, model)
         if self.values["mode"] == "static":
-            ranges = self._calibrate(model, placement.calibrated(), data, rules)
+            ranges = self._calibration(model, placement.calibrated(), rules).feed(data).ranges()
             self._rewrite(graph, placement, ranges, rules)
             return _result(placement, True, {"calibrated_tensors": len(ranges)}, unknown, warnings)
         return self._run_auto(graph, model, data, rules, placement, unknown, warnings)
 
     def _run_auto(self, graph: gs.Graph, model: onnx.ModelProto, data: Dataset, rules: TargetRules,
                   placement: Placement, unknown: list[Diagnostic], warnings: list[Diagnostic]) -> PassResult:
-        """Calibrate once on all but the held-out samples, every tensor any variant may quantize (by
-        ``place``'s docstring, those of ``placement``), let ``graphopt.quantize.auto`` choose the variant,
-        and quantize ``graph`` as that variant was quantized (or leave it, when it chose float)."""
+        """Calibrate every tensor any variant may quantize (by ``place``'s docstring, those of ``placement``)
+        on all but the held-out samples, and then on all of them; let ``graphopt.quantize.auto`` choose the
+        variant (offering the shallow convolutions as layers that may run faster in float), and quantize
+        ``graph`` as that variant was quantized (or leave it, when it chose float)."""
+        preferred = tuple(layer for node, layer in zip(placement.quantized, _layers(placement), strict=True)
+                          if _depth_reason(node, rules))
         split = auto.split_holdout(data, self.values["holdout_fraction"], auto.fixes_batch(model))
         tensors = [entry.tensor for entry in placement.tensors.values()]
-        ranges = self._calibrate(model, tensors, split.calibration, rules)
+        calibration = self._calibration(model, tensors, rules).feed(split.calibration)
+        ranges = calibration.ranges()
+        all_ranges = calibration.feed(split.holdout).ranges() if split.separate else None
         budget = auto.Budget(self.values["max_accuracy_drop"], self.values["min_cosine"],
                              self.values["min_top1_agreement"], self.values["min_speedup"],
                              self.values["latency_batch"])
-        outcome = auto.choose_variant(lambda fallback: self._variant(graph, rules, ranges, fallback), model, split,
-                                      budget, self.values["max_fallback_steps"], rules.provider,
-                                      self.measure_latency)
+
+        def builder(chosen: dict[str, tuple[float, float]]) -> Callable[[tuple[str, ...]], auto.Variant]:
+            return lambda fallback: self._variant(graph, rules, chosen, fallback)
+
+        outcome = auto.choose_variant(builder(ranges), model, split, budget, self.values["max_fallback_steps"],
+                                      rules.provider, self.measure_latency,
+                                      refit=None if all_ranges is None else builder(all_ranges), preferred=preferred)
         diagnostics = [*warnings, *outcome.diagnostics(budget)]
         if outcome.variant is None:
             return PassResult(False, outcome.stats(), [*unknown, *diagnostics])
-        final = self._place(graph, rules, outcome.variant.fallback)
-        self._rewrite(graph, final, ranges, rules)
+        sensitive = outcome.sensitivities()
+        final = self._place(graph, rules, tuple(sensitive),
+                            tuple(key for key in outcome.variant.fallback if key not in sensitive))
+        self._rewrite(graph, final, all_ranges if outcome.refitted else ranges, rules)
         return _result(final, True, {"calibrated_tensors": len(ranges), **outcome.stats()}, unknown, diagnostics,
                        outcome.sensitivities())
 
@@ -643,22 +716,26 @@ class QuantizeQDQ(Pass):
         self._rewrite(copy, placement, ranges, rules)
         return auto.Variant(fallback, export_with_gs(copy), layers)
 
-    def _place(self, graph: gs.Graph, rules: TargetRules, keep_float: tuple[str, ...] = ()) -> Placement:
-        return place(graph, rules, self.values["exclude_op_types"], self.values["exclude_nodes"], keep_float)
+    def _place(self, graph: gs.Graph, rules: TargetRules, keep_float: tuple[str, ...] = (),
+               faster_in_float: tuple[str, ...] = ()) -> Placement:
+        return place(graph, rules, self.values["exclude_op_types"], self.values["exclude_nodes"], keep_float,
+                     faster_in_float)
 
-    def _calibrate(self, model: onnx.ModelProto, tensors: list[gs.Variable], data: Dataset,
-                   rules: TargetRules) -> dict[str, tuple[float, float]]:
-        """The calibrated range of each of ``tensors``, by name, on ``data`` (``model`` is the graph exported)."""
+    def _calibration(self, model: onnx.ModelProto, tensors: list[gs.Variable], rules: TargetRules) -> Calibration:
+        """The calibration of ``tensors`` by this pass's method, to be fed data (``model`` is the graph
+        exported)."""
         names = [tensor.name for tensor in tensors]
-        logger.debug("calibrating %d tensors by %s on %d samples", len(names), self.values["method"], len(data))
-        return calibrate(model, names, data, self.values["method"], batch_size=self.values["calibration_batch_size"],
-                         percentile=self.values["percentile"], symmetric=rules.signed)
+        logger.debug("calibrating %d tensors by %s", len(names), self.values["method"])
+        return Calibration(model, names, self.values["method"], batch_size=self.values["calibration_batch_size"],
+                           percentile=self.values["percentile"], symmetric=rules.signed)
 
     def _rewrite(self, graph: gs.Graph, placement: Placement, ranges: dict[str, tuple[float, float]],
                  rules: TargetRules) -> None:
         """Write the Q/DQ nodes and quantized constants of ``placement`` into ``graph``."""
         params = _parameters(placement, ranges, rules.signed)
         rewriter = _Rewriter(graph, rules, self.values["per_channel"])
+        if rules.shield_float_max_pool:
+            _shield_float_max_pools(graph, placement, rewriter.names)
         for node in placement.quantized:
             if node.op in rules.weighted:
                 rewriter.weighted(node, params[id(node.inputs[0])])

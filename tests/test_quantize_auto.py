@@ -122,6 +122,7 @@ def test_exactly_the_sensitive_layer_stays_float_and_the_budget_holds():
                                          "conv_c": "DequantizeLinear"}
     assert result.stats["skipped.sensitive"] == 1 and result.stats["quantized.Conv"] == 2
     assert result.stats["auto.variants"] == 2 and result.stats["auto.holdout_samples"] == 13  # ceil(0.2 * 64)
+    assert result.stats["auto.refitted"] == 1  # calibrated on all 64 samples
     (sensitive,) = [str(d) for d in result.diagnostics if "(sensitive)" in str(d)]
     assert sensitive.startswith("info [conv_a]: Conv left in float (sensitive)") and "relative error" in sensitive
     summary = str(result.diagnostics[-1])
@@ -131,10 +132,13 @@ def test_exactly_the_sensitive_layer_stays_float_and_the_budget_holds():
 
 def test_each_variant_tried_is_reported_with_its_verdicts():
     _, report = graphopt.optimize(outlier_model(), passes=with_speedup(2.0), data=outlier_data())
-    trials = [str(d) for d in record(report).result.diagnostics if "variant" in str(d)]
+    diagnostics = [str(d) for d in record(report).result.diagnostics]
+    trials = [line for line in diagnostics if "(mode=auto) variant" in line]
     assert len(trials) == 2
     assert "variant 0 (4 int8 layers, 0 kept in float): over budget: min_cosine" in trials[0] and "FAIL" in trials[0]
     assert "variant 1 (3 int8 layers, 1 kept in float: conv_a): within budget" in trials[1]
+    (refit,) = [line for line in diagnostics if "calibrated on all the data" in line]
+    assert "(held-out samples included): within budget: min_cosine" in refit and refit.endswith("it is written")
 
 
 def test_no_variant_within_budget_keeps_the_float_model():
@@ -158,8 +162,8 @@ def test_int8_that_is_not_faster_keeps_the_float_model():
     assert optimized.graph.node == model.graph.node and optimized.graph.initializer == model.graph.initializer
     assert dict(result.stats) == {"skipped.not_faster": 1, "auto.variants": 1, "auto.holdout_samples": 13}
     summary = str(result.diagnostics[-1])
-    assert summary.startswith("warning: quantize-qdq (mode=auto) kept the float model: the int8 model within the "
-                              "budget (0 node(s) kept in float) is not faster")
+    assert summary.startswith("warning: quantize-qdq (mode=auto) kept the float model: no int8 model within the "
+                              "budget is faster")
     assert "(0.50x), below min_speedup 1" in summary
 
 
@@ -250,7 +254,7 @@ def test_digits_models_within_budget_with_real_latency(name):
     path = str(MODELS_DIR / f"{name}.onnx")
     optimized, report = graphopt.optimize(path, passes="lossless,quantize-qdq", data=CALIBRATION, check_changed=True)
     result = record(report).result
-    trials = [str(d) for d in result.diagnostics if "variant" in str(d)]
+    trials = [str(d) for d in result.diagnostics if "(mode=auto) variant" in str(d)]
     assert trials and all("max_accuracy_drop" in trial and "min_cosine" not in trial for trial in trials)
     summary = str(result.diagnostics[-1])
     assert "ms float ->" in summary  # the real probe ran
@@ -261,6 +265,69 @@ def test_digits_models_within_budget_with_real_latency(name):
     reference = graphopt.optimize(path, passes="lossless").model
     drop = accuracy(reference) - accuracy(optimized)
     assert drop <= 0.5 + 100 / len(digits_test()["label"]), f"{name}: {drop:.2f} points"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A first layer on one input channel: onnxruntime's int8 convolution may be slower there than float
+
+def stem_model(channels: int) -> onnx.ModelProto:
+    """Conv(stem, ``channels`` -> 16, 3x3) -> Relu -> Conv(16 -> 16, 3x3) -> Relu -> GlobalAveragePool."""
+    rng = np.random.default_rng(0)
+
+    def values(count: int, scale: float) -> str:
+        return ",".join(f"{v:.4f}" for v in rng.standard_normal(count) * scale)
+    return parse_model(f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,{channels},8,8] x) => (float[N,16,1,1] y)
+      <float[16,{channels},3,3] w_stem = {{{values(144 * channels, 0.3 / channels)}}},
+       float[16,16,3,3] w_body = {{{values(2304, 0.08)}}}> {{
+       s = Conv <pads = [1, 1, 1, 1]> (x, w_stem)
+       r = Relu (s)
+       b = Conv <pads = [1, 1, 1, 1]> (r, w_body)
+       rb = Relu (b)
+       y = GlobalAveragePool (rb)
+    }}
+    """)
+
+
+def with_stem_speedups(stem_float: float, stem_int8: float) -> QuantizeQDQ:
+    """quantize-qdq (auto) whose probe reports ``stem_float`` for a candidate whose stem Conv reads its float
+    weight, else ``stem_int8``."""
+    def probe(reference, candidate, feeds, provider) -> Latency:
+        float_stem = any(node.op_type == "Conv" and node.input[1] == "w_stem" for node in candidate.graph.node)
+        return fake_latency(stem_float if float_stem else stem_int8)(reference, candidate, feeds, provider)
+
+    class Timed(QuantizeQDQ):
+        measure_latency = staticmethod(probe)
+    return Timed()
+
+
+@pytest.mark.parametrize(("stem_float", "stem_int8"), [(2.0, 1.5), (1.2, 1.5)])
+def test_a_shallow_conv_is_tried_in_float_and_the_faster_variant_kept(stem_float, stem_int8):
+    model = stem_model(1)
+    optimized, report = graphopt.optimize(model, passes=with_stem_speedups(stem_float, stem_int8),
+                                          data=random_feeds(model, seed=1, batch=40), check_changed=True)
+    result = record(report).result
+    kept_float = stem_float > stem_int8
+    readers = {node.output[0]: node.input[1] for node in optimized.graph.node if node.op_type == "Conv"}
+    assert (readers.get("s") == "w_stem") == kept_float and "w_body" not in readers.values()
+    assert result.stats.get("skipped.shallow_conv", 0) == int(kept_float)
+    assert result.stats["quantized.Conv"] == (1 if kept_float else 2)
+    diagnostics = [str(d) for d in result.diagnostics]
+    assert any("kept in float too (s): within budget" in line for line in diagnostics)
+    fast, slow = sorted((stem_float, stem_int8), reverse=True)
+    assert f"({fast:.2f}x) (the other variant within the budget:" in diagnostics[-1]
+    assert diagnostics[-1].endswith(f"({slow:.2f}x))")
+    if kept_float:
+        assert any(line.startswith("info [s]: Conv left in float (shallow_conv)") for line in diagnostics)
+
+
+def test_a_deep_first_conv_is_not_offered_in_float():
+    """A stem on 8 input channels sums 8 x 9 = 72 products: one variant is timed, no alternative."""
+    model = stem_model(8)
+    _, report = graphopt.optimize(model, passes=with_stem_speedups(2.0, 1.5), data=random_feeds(model, batch=40))
+    diagnostics = [str(d) for d in record(report).result.diagnostics]
+    assert not any("kept in float too" in line or "the other variant" in line for line in diagnostics)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -431,6 +498,24 @@ def test_choose_variant_keeps_int8_only_when_fast_enough(speedup, kept):
     assert outcome.reason == (None if kept else "not_faster")
     assert outcome.stats() == {"auto.variants": 1, "auto.holdout_samples": 8,
                                **({} if kept else {"skipped.not_faster": 1})}
+
+
+def test_refit_within_budget_replaces_the_variant_and_one_over_budget_does_not():
+    reference = parse_model(TINY)
+    negated = parse_model(TINY.replace("1,0,0, 0,1,0, 0,0,1, 1,1,1", "-1,0,0, 0,-1,0, 0,0,-1, -1,-1,-1"))
+    split = auto.split_holdout(Dataset(random_feeds(reference, batch=20)), 0.2)
+    budget = auto.Budget(0.5, 0.99, 0.99, 1.0)
+
+    def choose(refit_model: onnx.ModelProto) -> auto.Outcome:
+        return auto.choose_variant(lambda fallback: auto.Variant(fallback, reference, (layer("y", ["x"]),)),
+                                   reference, split, budget, 4, "cpu", fake_latency(1.5),
+                                   refit=lambda fallback: auto.Variant(fallback, refit_model, (layer("y", ["x"]),)))
+    good, bad = choose(reference), choose(negated)
+    assert good.refitted and good.variant.model is reference and good.stats()["auto.refitted"] == 1
+    assert not bad.refitted and bad.variant.model is reference and bad.stats()["auto.refitted"] == 0
+    assert not bad.refit.within_budget and bad.refit.verdicts[0].value < 0  # the cosine of y and -y
+    (line,) = [str(d) for d in bad.diagnostics(budget) if "calibrated on all the data" in str(d)]
+    assert "over budget" in line and line.endswith("the variant calibrated without the held-out samples is written")
 
 
 def test_choose_variant_without_the_provider_keeps_int8_and_says_why():

@@ -18,6 +18,8 @@ import pathlib
 import numpy as np
 import onnx
 import onnx.printer
+import onnx_graphsurgeon as gs
+import onnxruntime
 import pytest
 from conftest import op_counts, parse_model, random_feeds, total_stats
 from graph_strategies import GeneratedModel, models
@@ -25,11 +27,13 @@ from hypothesis import HealthCheck, given, note, settings
 
 import graphopt
 from graphopt.pipeline import format_pipeline, parse_pipeline
-from graphopt.validate.numerics import cpu_session, run_model
+from graphopt.validate.numerics import cpu_session, run_model, with_outputs
 from graphopt.validate.placement import node_placement
 from graphopt.validate.tensorrt_lint import lint_tensorrt
+from passes.quantize_qdq import TARGETS as TARGET_RULES
 from passes.quantize_qdq import (
     QuantParams,
+    _depth_reason,
     activation_params,
     bias_params,
     quantize,
@@ -477,6 +481,75 @@ def test_per_channel_false_gives_one_weight_scale():
     weight_dqs = [node for node in optimized.graph.node
                   if node.op_type == "DequantizeLinear" and node.input[0] in values]
     assert weight_dqs and all(values[n.input[1]].shape == () and attribute(n, "axis") is None for n in weight_dqs)
+
+
+def pooled_model(activation: str) -> onnx.ModelProto:
+    """Conv(stem, 1 -> 16) -> ``activation`` (or nothing) -> MaxPool(2) -> Conv(16 -> 16, 3x3); the stem is
+    named ``stem``, to be kept float."""
+    rng = np.random.default_rng(0)
+    w1, w2 = (",".join(f"{v:.4f}" for v in rng.standard_normal(size) * scale) for size, scale in ((144, 0.3),
+                                                                                                   (2304, 0.08)))
+    rectified = f"r = {activation} (c)" if activation else "r = Identity (c)"
+    model = parse_model(f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,1,8,8] x) => (float[N,16,4,4] y) <float[16,1,3,3] w1 = {{{w1}}}, float[16,16,3,3] w2 = {{{w2}}}> {{
+       c = Conv <pads = [1, 1, 1, 1]> (x, w1)
+       {rectified}
+       p = MaxPool <kernel_shape = [2, 2], strides = [2, 2]> (r)
+       y = Conv <pads = [1, 1, 1, 1]> (p, w2)
+    }}
+    """)
+    model.graph.node[0].name = "stem"
+    if not activation:  # the Identity only named the tensor
+        del model.graph.node[1]
+        model.graph.node[1].input[0] = "c"
+    return model
+
+
+def max_pools_on_uint8(model: onnx.ModelProto, folder: pathlib.Path) -> int:
+    """MaxPools that read a QuantizeLinear's output in the graph onnxruntime runs (ORT_ENABLE_ALL, saved)."""
+    options = onnxruntime.SessionOptions()
+    options.optimized_model_filepath = str(folder / "optimized.onnx")
+    onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(options.optimized_model_filepath)
+    producers = nodes_by_output(optimized)
+    return sum(node.op_type == "MaxPool" and getattr(producers.get(node.input[0]), "op_type", "") == "QuantizeLinear"
+               for node in optimized.graph.node)
+
+
+@pytest.mark.parametrize("activation", ["Relu", "Clip"])
+def test_a_float_max_pool_after_a_float_activation_trades_places_with_it(activation, tmp_path):
+    """With the stem float, the Q/DQ on the MaxPool's output would be moved before it by onnxruntime (a uint8
+    MaxPool in NCHW); after the swap the Relu/Clip stops that, and computes exactly what it did."""
+    model = pooled_model(activation)
+    feeds = random_feeds(model, seed=2)
+    optimized, report = graphopt.optimize(model, passes=static("exclude_nodes=[stem]"),
+                                          data=random_feeds(model, seed=1, batch=16), check_changed=True)
+    producers = nodes_by_output(optimized)
+    assert producers["p"].op_type == activation and producers[producers["p"].input[0]].op_type == "MaxPool"
+    assert producers[producers["p"].input[0]].input[0] == "c"
+    assert [node.op_type for node in readers(optimized, "p")] == ["QuantizeLinear"]
+    expected, actual = (run_model(with_outputs(m, ["p"]), feeds) for m in (model, optimized))
+    np.testing.assert_array_equal(actual["p"], expected["p"])
+    assert max_pools_on_uint8(optimized, tmp_path) == 0
+    control, _ = graphopt.optimize(pooled_model(""), passes=static("exclude_nodes=[stem]"),
+                                   data=random_feeds(model, seed=1, batch=16))
+    assert max_pools_on_uint8(control, tmp_path) == 1  # the move the swap prevents
+
+
+@pytest.mark.parametrize(("weight", "group", "shallow"), [
+    ((16, 1, 3, 3), 1, True),  # a first layer on one channel: 9 products
+    ((16, 4, 3, 3), 1, True),  # 36
+    ((16, 8, 3, 3), 1, False),  # 72
+    ((64, 3, 7, 7), 1, False),  # ResNet-50's stem: 147
+    ((16, 1, 3, 3), 16, False),  # depthwise: its own int8 kernel
+    ((16, 2, 3, 3), 8, True),  # grouped, 2 channels per group: 18
+])
+def test_shallow_convolutions(weight, group, shallow):
+    node = gs.Node("Conv", attrs={"group": group}, inputs=[gs.Variable("x"), gs.Constant("w", np.zeros(weight))],
+                   outputs=[gs.Variable("y")])
+    assert _depth_reason(node, TARGET_RULES["cpu"]) == ("shallow_conv" if shallow else None)
+    assert _depth_reason(node, TARGET_RULES["tensorrt"]) is None
 
 
 REASONS_MODEL = """
