@@ -139,6 +139,7 @@ MODES = ("auto", "static", "dynamic")
 _QUANTIZATION_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
 _ACTIVATIONS = frozenset({"Relu", "Clip"})
 _MULTI_INPUT_OPS = {"Add": (0, 1), "Mul": (0, 1)}  # data inputs of followers; Concat: all; others: input 0
+Ranges = dict[str, tuple[float, float]]  # calibrated (low, high) by tensor name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -677,14 +678,12 @@ class QuantizeQDQ(Pass):
                           if _depth_reason(node, rules))
         split = auto.split_holdout(data, self.values["holdout_fraction"], auto.fixes_batch(model))
         tensors = [entry.tensor for entry in placement.tensors.values()]
-        calibration = self._calibration(model, tensors, rules).feed(split.calibration)
-        ranges = calibration.ranges()
-        all_ranges = calibration.feed(split.holdout).ranges() if split.separate else None
+        ranges, all_ranges = self._split_ranges(model, tensors, split, rules)
         budget = auto.Budget(self.values["max_accuracy_drop"], self.values["min_cosine"],
                              self.values["min_top1_agreement"], self.values["min_speedup"],
                              self.values["latency_batch"])
 
-        def builder(chosen: dict[str, tuple[float, float]]) -> Callable[[tuple[str, ...]], auto.Variant]:
+        def builder(chosen: Ranges) -> Callable[[tuple[str, ...]], auto.Variant]:
             return lambda fallback: self._variant(graph, rules, chosen, fallback)
 
         outcome = auto.choose_variant(builder(ranges), model, split, budget, self.values["max_fallback_steps"],
@@ -700,6 +699,14 @@ class QuantizeQDQ(Pass):
         return _result(final, True, {"calibrated_tensors": len(ranges), **outcome.stats()}, unknown, diagnostics,
                        outcome.sensitivities())
 
+    def _split_ranges(self, model: onnx.ModelProto, tensors: list[gs.Variable], split: auto.Split,
+                      rules: TargetRules) -> tuple[Ranges, Ranges | None]:
+        """The ranges on the calibration samples and, when samples were held out, on all of them (the
+        calibration, and its onnxruntime session exposing every activation, end here)."""
+        calibration = self._calibration(model, tensors, rules).feed(split.calibration)
+        ranges = calibration.ranges()
+        return ranges, calibration.feed(split.holdout).ranges() if split.separate else None
+
     def _run_dynamic(self, graph: gs.Graph) -> PassResult:
         """``graphopt.quantize.dynamic.quantize_dynamic``, which declines by itself what it cannot quantize."""
         unknown = self._unknown_exclusions(graph)
@@ -707,7 +714,7 @@ class QuantizeQDQ(Pass):
                                   exclude_nodes=self.values["exclude_nodes"], per_channel=self.values["per_channel"])
         return PassResult(result.changed, result.stats, [*unknown, *result.diagnostics])
 
-    def _variant(self, graph: gs.Graph, rules: TargetRules, ranges: dict[str, tuple[float, float]],
+    def _variant(self, graph: gs.Graph, rules: TargetRules, ranges: Ranges,
                  fallback: tuple[str, ...]) -> auto.Variant:
         """The quantization of a copy of ``graph`` (sharing its weights) with the nodes ``fallback`` in float."""
         copy = graph.copy()
@@ -729,7 +736,7 @@ class QuantizeQDQ(Pass):
         return Calibration(model, names, self.values["method"], batch_size=self.values["calibration_batch_size"],
                            percentile=self.values["percentile"], symmetric=rules.signed)
 
-    def _rewrite(self, graph: gs.Graph, placement: Placement, ranges: dict[str, tuple[float, float]],
+    def _rewrite(self, graph: gs.Graph, placement: Placement, ranges: Ranges,
                  rules: TargetRules) -> None:
         """Write the Q/DQ nodes and quantized constants of ``placement`` into ``graph``."""
         params = _parameters(placement, ranges, rules.signed)
@@ -783,7 +790,7 @@ def _layers(placement: Placement) -> tuple[auto.Layer, ...]:
                  for node in placement.quantized)
 
 
-def _parameters(placement: Placement, ranges: dict[str, tuple[float, float]],
+def _parameters(placement: Placement, ranges: Ranges,
                 signed: bool) -> dict[int, QuantParams]:
     """Quantization parameters of every tensor that gets Q/DQ (by id): from its calibrated range, or those of
     the tensor it shares them with (``placement.tensors`` is in graph order, so that one comes first)."""
