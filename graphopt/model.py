@@ -696,8 +696,8 @@ def custom_ops(model: onnx.ModelProto) -> dict[str, list[str]]:
             for attribute in node.attribute:
                 graphs.extend([attribute.g] if attribute.HasField("g") else attribute.graphs)
     for node in nodes:
-        if (node.domain in _onnx_domains() or node.domain.startswith("com.microsoft")
-                or (node.domain, node.op_type) in local):
+        if (node.domain in _RUNTIME_DOMAINS or node.domain.startswith("com.microsoft")
+                or (node.domain, node.op_type) in local or node.domain in _onnx_domains()):
             continue
         found.setdefault(node.domain, set()).add(node.op_type)
     return {domain: sorted(names) for domain, names in sorted(found.items())}
