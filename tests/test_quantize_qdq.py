@@ -12,6 +12,7 @@ which builds on it, is tested in ``test_quantize_auto.py``.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import pathlib
 
@@ -207,16 +208,23 @@ def test_qdq_structure_cpu(name):
 @pytest.mark.parametrize("name", MODELS)
 def test_runs_on_onnxruntime_and_file_is_much_smaller(name, target):
     """Weights shrink 4x; what is left is per-channel scales (and int32 biases) and the Q/DQ nodes: the small
-    MobileNetV2, with many channels for its weights (depthwise), ends at 0.44 of its float size."""
+    MobileNetV2, with many channels for its weights (depthwise), ends at 0.44 of its float size. (Its stride-2
+    stem on one channel reads it through SpaceToDepth: its 3x3 kernel becomes 2x2 on 4 channels, 16 weights
+    where it had 9, the rest zeros.)"""
     model, _ = quantized(name, f"target={target}")
     run_model(model, {"input": evaluation_data()["input"][:2]})
     reference = float_model(name)
     assert model.ByteSize() < (0.3 if name == "digits_cnn" else 0.45) * reference.ByteSize()
-    values = initializers(model)
+    values, producers = initializers(model), nodes_by_output(model)
     int8 = sum(values[node.input[0]].nbytes for node in model.graph.node
                if node.op_type == "DequantizeLinear" and values.get(node.input[0], np.float32(0)).dtype == np.int8)
     float_weights = sum(value.nbytes for value in initializers(reference).values() if value.ndim >= 2)
-    assert int8 == float_weights / 4
+    originals = {node.name: initializers(reference)[node.input[1]] for node in reference.graph.node
+                 if node.op_type == "Conv"}
+    added = sum(values[producers[node.input[1]].input[0]].size - originals[node.name].size
+                for node in model.graph.node if node.op_type == "Conv" and "space_to_depth" in node.input[1])
+    assert added == (16 - 9) * 16 * (name == "mobilenetv2_small" and target == "cpu")  # 16 stem channels
+    assert int8 == float_weights / 4 + added
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -535,6 +543,48 @@ def test_a_float_max_pool_after_a_float_activation_trades_places_with_it(activat
     control, _ = graphopt.optimize(pooled_model(""), passes=static("exclude_nodes=[stem]"),
                                    data=random_feeds(model, seed=1, batch=16))
     assert max_pools_on_uint8(control, tmp_path) == 1  # the move the swap prevents
+
+
+def rgb_stem_model() -> onnx.ModelProto:
+    """Conv(stem, 3 -> 16, 3x3, stride 2) -> Relu -> Conv(16 -> 16, 3x3) -> Relu -> GlobalAveragePool."""
+    rng = np.random.default_rng(0)
+    w1, w2 = (",".join(f"{v:.4f}" for v in rng.standard_normal(size) * scale) for size, scale in ((432, 0.2),
+                                                                                                   (2304, 0.08)))
+    return parse_model(f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,3,16,16] x) => (float[N,16,1,1] y) <float[16,3,3,3] w1 = {{{w1}}}, float[16,16,3,3] w2 = {{{w2}}}> {{
+       c = Conv <pads = [1, 1, 1, 1], strides = [2, 2]> (x, w1)
+       r = Relu (c)
+       b = Conv <pads = [1, 1, 1, 1]> (r, w2)
+       rb = Relu (b)
+       y = GlobalAveragePool (rb)
+    }}
+    """)
+
+
+def test_an_rgb_stem_reads_its_input_through_space_to_depth(monkeypatch):
+    """The same int8 sums, so onnxruntime's int8 model gives bit-identical outputs with and without it."""
+    model = rgb_stem_model()
+    data = random_feeds(model, seed=1, batch=16)
+    optimized, report = graphopt.optimize(model, passes=static(), data=data, check_changed=True)
+    result = quantizer(report).result
+    assert result.stats["rewrites.space_to_depth"] == 1 and result.stats["quantized.Conv"] == 2
+    producers = nodes_by_output(optimized)
+    stem = next(node for node in optimized.graph.node if node.op_type == "Conv")
+    chain = [producers[stem.input[0]]]
+    while chain[-1].input[0] != "x":
+        chain.append(producers[chain[-1].input[0]])
+    assert [node.op_type for node in chain] == ["DequantizeLinear", "QuantizeLinear", "SpaceToDepth"]
+    assert attribute(stem, "strides") == [1, 1] and initializers(optimized)[producers[stem.input[1]].input[0]].shape \
+        == (16, 12, 2, 2)
+    assert any("through SpaceToDepth(2) as 12 channels" in str(d) for d in result.diagnostics)
+    monkeypatch.setitem(TARGET_RULES, "cpu", dataclasses.replace(TARGET_RULES["cpu"], space_to_depth_stems=False))
+    plain, plain_report = graphopt.optimize(model, passes=static(), data=data)
+    assert "rewrites.space_to_depth" not in quantizer(plain_report).result.stats
+    feeds = random_feeds(model, seed=2, batch=4)
+    (expected,), (actual,) = (cpu_session(m, optimize=True).run(["y"], feeds) for m in (plain, optimized))
+    np.testing.assert_array_equal(actual, expected)
+    assert node_placement(optimized, feeds).int8_kernels == node_placement(plain, feeds).int8_kernels == 3  # + GAP
 
 
 @pytest.mark.parametrize(("weight", "group", "shallow"), [
