@@ -44,17 +44,17 @@ left for the runtime to run standalone around a float kernel (what makes int8 sl
   when one of its inputs comes from a quantized node (a Q/DQ pair around it alone would not pay), and not
   when no int8 node reads its output and its quantized inputs all come from Gemm/MatMul that would write
   float without it (it would only move the standalone DequantizeLinear past itself).
-  Two rules answer to onnxruntime's CPU kernels rather than to its selectors. A Conv that sums fewer than
-  64 products per output (input channels per group x kernel elements: a network's first layer on one to
-  seven input channels), unless it is depthwise (one input channel per group, several groups; its int8
-  kernel is its own), is quantized, but auto mode also tries the variant it chose with such Convs in float
-  (reported as ``shallow_conv`` when that one is kept): onnxruntime's QLinearConv is slower than its float
-  Conv there (measured at batch 64 on 32x32 inputs, 3x3 kernels to 16 channels: 4.3x slower on 1 input
-  channel, 1.7x on 4, even on 8), but in float the layer needs a QuantizeLinear on its output, larger than
-  its input, and a layout change, which can cost more at batch 1 (MobileNetV2-style net of ``models/``:
-  1.13x faster than float with the stem in int8, 0.94x with it in float). A first layer's rounding is also
-  the largest of a small net's: keeping the small ResNet's stem float halves its logits' error. And when the
-  output of a float MaxPool
+  Three rules answer to onnxruntime's CPU kernels rather than to its selectors. A Conv on fewer than 8 input
+  channels per group (a network's first layer on 1 to 7 channels; counted after the SpaceToDepth rewrite
+  below, which gives an RGB stride-2 stem 12), unless it is depthwise (one input channel per group, several
+  groups; its int8 kernel is its own), is quantized, but auto mode also tries the variant it chose with such
+  Convs in float (reported as ``shallow_conv`` when that one is kept): onnxruntime's QLinearConv is slower
+  than its float Conv there (measured at batch 64 on 32x32 inputs, 3x3 kernels to 16 channels: 4.3x slower
+  on 1 input channel, 1.7x on 4, even on 8), but in float the layer needs a QuantizeLinear on its output,
+  larger than its input, and a layout change, which can cost more at batch 1 (MobileNetV2-style net of
+  ``models/``: 1.13x faster than float with the stem in int8, 0.94x with it in float). A first layer's
+  rounding is also the largest of a small net's: keeping the small ResNet's stem float halves its logits'
+  error. When the output of a float MaxPool
   is quantized and its input is written by a float Relu/Clip read by nothing else, the two trade places
   (``max`` commutes with any non-decreasing function, exactly: ``f(max(a, b)) = max(f(a), f(b))``; padding
   and dilation only choose which values are compared): onnxruntime moves a QuantizeLinear back across a
@@ -153,8 +153,8 @@ class TargetRules:
     ``quantize_outputs``: outputs of quantized nodes get Q/DQ (the int8 kernel writes int8);
     ``quantize_bias``: biases become int32; ``signed``: activations are symmetric int8 (else uint8);
     ``unlisted_reason``: the reason reported for a node of any other op type; ``provider``: the onnxruntime
-    provider (short name) the target runs on, where auto mode times the result; ``min_conv_depth``: auto
-    mode also tries a Conv that sums fewer products per output (not depthwise) in float;
+    provider (short name) the target runs on, where auto mode times the result; ``min_int8_conv_channels``:
+    auto mode also tries a Conv on fewer input channels per group (not depthwise) in float;
     ``shield_float_max_pool``: a float Relu/Clip -> MaxPool whose output is quantized becomes MaxPool ->
     Relu/Clip; ``space_to_depth_stems``: a strided int8 Conv on a few input channels reads them through
     SpaceToDepth (both: see the module docstring)."""
@@ -167,7 +167,7 @@ class TargetRules:
     signed: bool
     unlisted_reason: str
     provider: str
-    min_conv_depth: int = 0
+    min_int8_conv_channels: int = 0
     shield_float_max_pool: bool = False
     space_to_depth_stems: bool = False
 
@@ -183,7 +183,7 @@ TARGETS = {
         own_range=frozenset({"Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "LeakyRelu",
                              "Sigmoid", "Softmax"}),
         quantize_outputs=True, quantize_bias=True, signed=False, unlisted_reason="no_int8_kernel", provider="cpu",
-        min_conv_depth=64, shield_float_max_pool=True, space_to_depth_stems=True),
+        min_int8_conv_channels=8, shield_float_max_pool=True, space_to_depth_stems=True),
     "tensorrt": TargetRules(
         weighted=frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"}), same_range=frozenset(),
         own_range=frozenset(), quantize_outputs=False, quantize_bias=False, signed=True,
@@ -204,9 +204,8 @@ REASONS = {
     "weight_rank": "its weight has a rank the int8 kernel does not take",
     "bias_not_constant_vector": "its bias is not a constant vector with one value per output channel",
     "gemm_beta": "Gemm with a bias and beta != 1 (the int8 kernel adds the bias unscaled)",
-    "shallow_conv": "it sums few products per output (input channels per group x kernel elements): the "
-                    "target's int8 convolution is slower than its float one there, and mode=auto found the "
-                    "model faster with it in float",
+    "shallow_conv": "it reads few input channels per group: the target's int8 convolution is slower than its "
+                    "float one there, and mode=auto found the model faster with it in float",
     "not_fusable": "it cannot be fused into the quantized node before it (that node's output has other readers "
                    "or is a graph output, or its bounds are not constant)",
     "after_float_output": "it follows a Gemm/MatMul that writes float (no int8 node reads its result)",
@@ -492,14 +491,27 @@ def _weight_reason(node: gs.Node, rules: TargetRules) -> str | None:
 
 
 def _depth_reason(node: gs.Node, rules: TargetRules) -> str | None:
-    """``shallow_conv`` for a Conv with a constant weight, not depthwise, that sums fewer than
-    ``rules.min_conv_depth`` products per output: ``C_in / group * prod(kernel)``, read from its weight
-    [C_out, C_in / group, k...]."""
+    """``shallow_conv`` for a Conv with a constant weight, not depthwise, on fewer than
+    ``rules.min_int8_conv_channels`` input channels per group (its weight's dimension 1), counted after the
+    SpaceToDepth rewrite when the target makes it."""
     if node.op != "Conv" or len(node.inputs) < 2 or not isinstance(node.inputs[1], gs.Constant):
         return None
-    shape = node.inputs[1].shape
-    depthwise = shape[1] == 1 and node.attrs.get("group", 1) > 1
-    return "shallow_conv" if not depthwise and int(np.prod(shape[1:])) < rules.min_conv_depth else None
+    channels, group = node.inputs[1].shape[1], node.attrs.get("group", 1)
+    if channels == 1 and group > 1:  # depthwise
+        return None
+    rewrite = _space_to_depth_plan(node) if rules.space_to_depth_stems else None
+    channels = rewrite.weight.shape[1] if rewrite is not None else channels
+    return "shallow_conv" if channels < rules.min_int8_conv_channels else None
+
+
+def _space_to_depth_plan(node: gs.Node) -> space_to_depth.SpaceToDepthConv | None:
+    """``space_to_depth.plan`` for a Conv with a constant weight and explicit (or VALID) padding."""
+    auto_pad = node.attrs.get("auto_pad", "NOTSET")
+    if auto_pad not in ("NOTSET", "VALID"):
+        return None
+    return space_to_depth.plan(constant_array(node.inputs[1]), node.inputs[0].shape, node.attrs.get("strides"),
+                               node.attrs.get("pads") if auto_pad == "NOTSET" else None,
+                               node.attrs.get("group", 1), node.attrs.get("dilations"))
 
 
 def _bias(node: gs.Node) -> gs.Tensor | None:
@@ -557,12 +569,9 @@ class _Rewriter:
         for node in placement.quantized:
             source = node.inputs[0]
             entry = placement.tensors.get(id(source))
-            if node.op != "Conv" or entry is None or entry.owned or len(entry.readers) != 1 \
-                    or node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+            if node.op != "Conv" or entry is None or entry.owned or len(entry.readers) != 1:
                 continue
-            pads = node.attrs.get("pads") if node.attrs.get("auto_pad", "NOTSET") == "NOTSET" else None
-            rewrite = space_to_depth.plan(constant_array(node.inputs[1]), source.shape, node.attrs.get("strides"),
-                                          pads, node.attrs.get("group", 1), node.attrs.get("dilations"))
+            rewrite = _space_to_depth_plan(node)
             if rewrite is None:
                 continue
             size = rewrite.blocksize

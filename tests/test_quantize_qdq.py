@@ -587,16 +587,19 @@ def test_an_rgb_stem_reads_its_input_through_space_to_depth(monkeypatch):
     assert node_placement(optimized, feeds).int8_kernels == node_placement(plain, feeds).int8_kernels == 3  # + GAP
 
 
-@pytest.mark.parametrize(("weight", "group", "shallow"), [
-    ((16, 1, 3, 3), 1, True),  # a first layer on one channel: 9 products
-    ((16, 4, 3, 3), 1, True),  # 36
-    ((16, 8, 3, 3), 1, False),  # 72
-    ((64, 3, 7, 7), 1, False),  # ResNet-50's stem: 147
-    ((16, 1, 3, 3), 16, False),  # depthwise: its own int8 kernel
-    ((16, 2, 3, 3), 8, True),  # grouped, 2 channels per group: 18
+@pytest.mark.parametrize(("weight", "input_shape", "attrs", "shallow"), [
+    ((16, 1, 3, 3), None, {}, True),  # a first layer on one channel
+    ((16, 4, 3, 3), None, {}, True),
+    ((16, 8, 3, 3), None, {}, False),
+    ((32, 16, 1, 1), None, {}, False),  # a 1x1 projection on 16 channels
+    ((64, 3, 7, 7), None, {}, True),  # an RGB stem on an input of unknown size: stays on 3 channels
+    ((64, 3, 7, 7), [1, 3, 224, 224], {"strides": [2, 2], "pads": [3, 3, 3, 3]}, False),  # SpaceToDepth: 12
+    ((16, 1, 3, 3), None, {"group": 16}, False),  # depthwise: its own int8 kernel
+    ((16, 2, 3, 3), None, {"group": 8}, True),  # grouped, 2 channels per group
 ])
-def test_shallow_convolutions(weight, group, shallow):
-    node = gs.Node("Conv", attrs={"group": group}, inputs=[gs.Variable("x"), gs.Constant("w", np.zeros(weight))],
+def test_shallow_convolutions(weight, input_shape, attrs, shallow):
+    node = gs.Node("Conv", attrs=attrs, inputs=[gs.Variable("x", np.float32, input_shape),
+                                                gs.Constant("w", np.ones(weight, np.float32))],
                    outputs=[gs.Variable("y")])
     assert _depth_reason(node, TARGET_RULES["cpu"]) == ("shallow_conv" if shallow else None)
     assert _depth_reason(node, TARGET_RULES["tensorrt"]) is None

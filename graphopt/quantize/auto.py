@@ -55,7 +55,9 @@ variant with the fewest float nodes is timed: the others keep more in float, so 
 faster, and one comparison bounds the time the pass spends timing. The exception is the layers the pass
 names as ``preferred``, those the target may run faster in float (the pass's shallow convolutions): when
 the variant found runs some of them in int8, the same variant with them in float too is judged, and if
-within the budget timed against float as well, and the faster of the two is kept. When the target's
+within the budget timed against float as well; it is kept instead when it is at least ``ALTERNATIVE_MARGIN``
+times as fast (a smaller difference is within this machine's noise, and the variant found, with more int8,
+is the one that held its speed on other thread counts and batch sizes). When the target's
 provider cannot run on this machine (TensorRT without a GPU), the latency is not measured and the variant
 found is kept on fidelity alone, with a warning.
 
@@ -95,6 +97,7 @@ JUDGE_BATCH = 32  # held-out samples per run when judging the budget
 LATENCY_ROUNDS = 15
 LATENCY_WARMUP_ROUNDS = 2
 LATENCY_BUDGET_SECONDS = 2.0
+ALTERNATIVE_MARGIN = 1.05  # how much faster the variant with the preferred layers in float must be
 LABELS = "label"
 
 
@@ -510,10 +513,11 @@ def choose_variant(build: Callable[[tuple[str, ...]], Variant], reference: onnx.
             candidates.append(variant)
     feeds = split.feeds(budget.latency_batch)
     try:
-        timed = sorted(((latency(reference, variant.model, feeds, provider), variant) for variant in candidates),
-                       key=lambda pair: -pair[0].speedup)
+        timed = [(latency(reference, variant.model, feeds, provider), variant) for variant in candidates]
     except ProviderUnavailable as unavailable:
         return _refitted(dataclasses.replace(outcome, latency_problem=str(unavailable)), refit, judge)
+    if len(timed) > 1 and timed[1][0].speedup >= ALTERNATIVE_MARGIN * timed[0][0].speedup:
+        timed.reverse()
     (measured, variant), others = timed[0], [timing for timing, _ in timed[1:]]
     outcome = dataclasses.replace(outcome, variant=variant, latency=measured,
                                   other_latency=others[0] if others else None)
