@@ -490,7 +490,7 @@ def _weight_reason(node: gs.Node, rules: TargetRules) -> str | None:
     return None
 
 
-def _depth_reason(node: gs.Node, rules: TargetRules) -> str | None:
+def _shallow_conv_reason(node: gs.Node, rules: TargetRules) -> str | None:
     """``shallow_conv`` for a Conv with a constant weight, not depthwise, on fewer than
     ``rules.min_int8_conv_channels`` input channels per group (its weight's dimension 1), counted after the
     SpaceToDepth rewrite when the target makes it."""
@@ -726,7 +726,7 @@ class QuantizeQDQ(Pass):
         variant (offering the shallow convolutions as layers that may run faster in float), and quantize
         ``graph`` as that variant was quantized (or leave it, when it chose float)."""
         preferred = tuple(layer for node, layer in zip(placement.quantized, _layers(placement), strict=True)
-                          if _depth_reason(node, rules))
+                          if _shallow_conv_reason(node, rules))
         split = auto.split_holdout(data, self.values["holdout_fraction"], auto.fixes_batch(model))
         tensors = [entry.tensor for entry in placement.tensors.values()]
         ranges, all_ranges = self._split_ranges(model, tensors, split, rules)

@@ -34,7 +34,7 @@ from graphopt.validate.tensorrt_lint import lint_tensorrt
 from passes.quantize_qdq import TARGETS as TARGET_RULES
 from passes.quantize_qdq import (
     QuantParams,
-    _depth_reason,
+    _shallow_conv_reason,
     activation_params,
     bias_params,
     quantize,
@@ -601,8 +601,8 @@ def test_shallow_convolutions(weight, input_shape, attrs, shallow):
     node = gs.Node("Conv", attrs=attrs, inputs=[gs.Variable("x", np.float32, input_shape),
                                                 gs.Constant("w", np.ones(weight, np.float32))],
                    outputs=[gs.Variable("y")])
-    assert _depth_reason(node, TARGET_RULES["cpu"]) == ("shallow_conv" if shallow else None)
-    assert _depth_reason(node, TARGET_RULES["tensorrt"]) is None
+    assert _shallow_conv_reason(node, TARGET_RULES["cpu"]) == ("shallow_conv" if shallow else None)
+    assert _shallow_conv_reason(node, TARGET_RULES["tensorrt"]) is None
 
 
 REASONS_MODEL = """

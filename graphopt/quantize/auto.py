@@ -483,8 +483,9 @@ def choose_variant(build: Callable[[tuple[str, ...]], Variant], reference: onnx.
                    refit: Callable[[tuple[str, ...]], Variant] | None = None,
                    preferred: Sequence[Layer] = ()) -> Outcome:
     """Search for the variant within ``budget`` with the fewest float nodes and, when it runs some of
-    ``preferred`` in int8, also try it with those in float; keep the faster of those within the budget if
-    it is at least ``min_speedup`` times as fast as ``reference`` on ``provider`` (measured by ``latency``);
+    ``preferred`` in int8, also try it with those in float (kept instead if within the budget and
+    ``ALTERNATIVE_MARGIN`` times as fast); keep the variant if it is at least ``min_speedup`` times as fast as
+    ``reference`` on ``provider`` (measured by ``latency``);
     then, given ``refit`` (``build`` from ranges calibrated on all the data), the refit of the variant kept
     replaces it if it meets the budget too. See the module docstring."""
     reference_outputs = run_deployed(reference, split.batches(JUDGE_BATCH))
@@ -518,9 +519,9 @@ def choose_variant(build: Callable[[tuple[str, ...]], Variant], reference: onnx.
         return _refitted(dataclasses.replace(outcome, latency_problem=str(unavailable)), refit, judge)
     if len(timed) > 1 and timed[1][0].speedup >= ALTERNATIVE_MARGIN * timed[0][0].speedup:
         timed.reverse()
-    (measured, variant), others = timed[0], [timing for timing, _ in timed[1:]]
+    (measured, variant), *others = timed
     outcome = dataclasses.replace(outcome, variant=variant, latency=measured,
-                                  other_latency=others[0] if others else None)
+                                  other_latency=others[0][0] if others else None)
     if measured.speedup >= budget.min_speedup:
         return _refitted(outcome, refit, judge)
     return dataclasses.replace(outcome, variant=None, reason="not_faster")
