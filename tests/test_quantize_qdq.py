@@ -28,18 +28,13 @@ from hypothesis import HealthCheck, given, note, settings
 
 import graphopt
 from graphopt.pipeline import format_pipeline, parse_pipeline
+from graphopt.quantize.placement import TARGETS as TARGET_RULES
+from graphopt.quantize.placement import shallow_conv_reason
+from graphopt.quantize.rewriting import activation_params, bias_params
+from graphopt.quantize.weights import QuantParams, quantize, weight_params
 from graphopt.validate.numerics import cpu_session, run_model, with_outputs
 from graphopt.validate.placement import node_placement
 from graphopt.validate.tensorrt_lint import lint_tensorrt
-from passes.quantize_qdq import TARGETS as TARGET_RULES
-from passes.quantize_qdq import (
-    QuantParams,
-    _shallow_conv_reason,
-    activation_params,
-    bias_params,
-    quantize,
-    weight_params,
-)
 
 MODELS_DIR = pathlib.Path(__file__).resolve().parents[1] / "models"
 CALIBRATION = str(MODELS_DIR / "digits_calib.npz")
@@ -601,8 +596,8 @@ def test_shallow_convolutions(weight, input_shape, attrs, shallow):
     node = gs.Node("Conv", attrs=attrs, inputs=[gs.Variable("x", np.float32, input_shape),
                                                 gs.Constant("w", np.ones(weight, np.float32))],
                    outputs=[gs.Variable("y")])
-    assert _shallow_conv_reason(node, TARGET_RULES["cpu"]) == ("shallow_conv" if shallow else None)
-    assert _shallow_conv_reason(node, TARGET_RULES["tensorrt"]) is None
+    assert shallow_conv_reason(node, TARGET_RULES["cpu"]) == ("shallow_conv" if shallow else None)
+    assert shallow_conv_reason(node, TARGET_RULES["tensorrt"]) is None
 
 
 REASONS_MODEL = """
