@@ -55,9 +55,9 @@ variant with the fewest float nodes is timed: the others keep more in float, so 
 faster, and one comparison bounds the time the pass spends timing. The exception is the layers the pass
 names as ``preferred``, those the target may run faster in float (the pass's shallow convolutions): when
 the variant found runs some of them in int8, the same variant with them in float too is judged, and if
-within the budget timed against float as well; it is kept instead when it is at least ``ALTERNATIVE_MARGIN``
-times as fast (a smaller difference is within this machine's noise, and the variant found, with more int8,
-is the one that held its speed on other thread counts and batch sizes). When the target's
+within the budget timed against float as well. The faster of the two is kept when it is at least
+``ALTERNATIVE_MARGIN`` times as fast as the other; closer than that (within this machine's noise), the one
+whose outputs are closer to float's on the held-out samples (``output_error``) is. When the target's
 provider cannot run on this machine (TensorRT without a GPU), the latency is not measured and the variant
 found is kept on fidelity alone, with a warning.
 
@@ -97,7 +97,7 @@ JUDGE_BATCH = 32  # held-out samples per run when judging the budget
 LATENCY_ROUNDS = 15
 LATENCY_WARMUP_ROUNDS = 2
 LATENCY_BUDGET_SECONDS = 2.0
-ALTERNATIVE_MARGIN = 1.05  # how much faster the variant with the preferred layers in float must be
+ALTERNATIVE_MARGIN = 1.05  # speed ratio under which two variants count as equally fast
 LABELS = "label"
 
 
@@ -289,6 +289,11 @@ def layer_errors(reference: onnx.ModelProto, candidate: onnx.ModelProto, layers:
     return {name: relative_error(expected[name], actual[name]) for name in names}
 
 
+def output_error(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]) -> float:
+    """The largest ``relative_error`` of ``candidate``'s outputs against ``reference``'s."""
+    return max(relative_error(expected, candidate[name]) for name, expected in reference.items())
+
+
 def relative_error(reference: np.ndarray, candidate: np.ndarray) -> float:
     """``||candidate - reference|| / (||reference|| + 1e-12)`` over the flattened tensors, in float64 (the
     1e-12 keeps a reference of zeros finite)."""
@@ -387,6 +392,7 @@ class Outcome:
     preferred: tuple[Layer, ...] = ()  # the layers the target may run faster in float
     alternative: Trial | None = None  # the variant found with the preferred layers in float too (None: none)
     other_latency: Latency | None = None  # of the variant not chosen of the two, when both were timed
+    tie_errors: tuple[float, float] | None = None  # output errors (chosen, other) when their speeds tied
 
     @property
     def refitted(self) -> bool:
@@ -445,6 +451,9 @@ class Outcome:
         speed = _latency_text(self.latency) if self.latency is not None else "latency not measured"
         if self.other_latency is not None:
             speed += f" (the other variant within the budget: {_latency_text(self.other_latency)})"
+        if self.tie_errors is not None:
+            speed += (f"; as fast within {ALTERNATIVE_MARGIN - 1:.0%}, the one closer to float was kept (output "
+                      f"relative error {self.tie_errors[0]:.3g} against {self.tie_errors[1]:.3g})")
         if self.reason == "not_faster":
             return (f"quantize-qdq (mode=auto) kept the float model: no int8 model within the budget is faster: "
                     f"{speed}, below min_speedup {budget.min_speedup:g}")
@@ -483,8 +492,8 @@ def choose_variant(build: Callable[[tuple[str, ...]], Variant], reference: onnx.
                    refit: Callable[[tuple[str, ...]], Variant] | None = None,
                    preferred: Sequence[Layer] = ()) -> Outcome:
     """Search for the variant within ``budget`` with the fewest float nodes and, when it runs some of
-    ``preferred`` in int8, also try it with those in float (kept instead if within the budget and
-    ``ALTERNATIVE_MARGIN`` times as fast); keep the variant if it is at least ``min_speedup`` times as fast as
+    ``preferred`` in int8, also try it with those in float (kept instead if within the budget and faster, or
+    as fast and closer to float); keep the variant if it is at least ``min_speedup`` times as fast as
     ``reference`` on ``provider`` (measured by ``latency``);
     then, given ``refit`` (``build`` from ranges calibrated on all the data), the refit of the variant kept
     replaces it if it meets the budget too. See the module docstring."""
@@ -495,6 +504,9 @@ def choose_variant(build: Callable[[tuple[str, ...]], Variant], reference: onnx.
     def judge(variant: Variant) -> list[Verdict]:
         return budget_verdicts(reference_outputs, run_deployed(variant.model, split.batches(JUDGE_BATCH)), labels,
                                budget)
+
+    def error(variant: Variant) -> float:
+        return output_error(reference_outputs, run_deployed(variant.model, split.batches(JUDGE_BATCH)))
 
     def rank(variant: Variant) -> list[Sensitivity]:
         return rank_layers(variant.layers, layer_errors(reference, variant.model, variant.layers, sensitivity_feeds))
@@ -517,14 +529,28 @@ def choose_variant(build: Callable[[tuple[str, ...]], Variant], reference: onnx.
         timed = [(latency(reference, variant.model, feeds, provider), variant) for variant in candidates]
     except ProviderUnavailable as unavailable:
         return _refitted(dataclasses.replace(outcome, latency_problem=str(unavailable)), refit, judge)
-    if len(timed) > 1 and timed[1][0].speedup >= ALTERNATIVE_MARGIN * timed[0][0].speedup:
-        timed.reverse()
+    tie_errors = None
+    if len(timed) > 1:
+        timed, tie_errors = _faster_or_closer(timed, error)
     (measured, variant), *others = timed
     outcome = dataclasses.replace(outcome, variant=variant, latency=measured,
-                                  other_latency=others[0][0] if others else None)
+                                  other_latency=others[0][0] if others else None, tie_errors=tie_errors)
     if measured.speedup >= budget.min_speedup:
         return _refitted(outcome, refit, judge)
     return dataclasses.replace(outcome, variant=None, reason="not_faster")
+
+
+def _faster_or_closer(timed: list[tuple[Latency, Variant]], error: Callable[[Variant], float]
+                      ) -> tuple[list[tuple[Latency, Variant]], tuple[float, float] | None]:
+    """The two timed variants, the one to keep first (see the module docstring), and their output errors
+    (in the same order) when their speeds were within ``ALTERNATIVE_MARGIN`` of each other."""
+    (first, _), (second, _) = timed
+    if second.speedup >= ALTERNATIVE_MARGIN * first.speedup:
+        return timed[::-1], None
+    if first.speedup >= ALTERNATIVE_MARGIN * second.speedup:
+        return timed, None
+    errors = [error(variant) for _, variant in timed]
+    return (timed[::-1], (errors[1], errors[0])) if errors[1] < errors[0] else (timed, (errors[0], errors[1]))
 
 
 def _refitted(outcome: Outcome, refit: Callable[[tuple[str, ...]], Variant] | None,
