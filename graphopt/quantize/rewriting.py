@@ -148,7 +148,8 @@ class Rewriter:
             del placement.tensors[id(source)]
             placement.tensors[id(moved)] = dataclasses.replace(entry, tensor=moved)
             params[id(moved)] = params[id(source)]
-            done.append(Diagnostic("info", f"Conv reads its {source.shape[1]} input channels through "
+            channels = f"{source.shape[1]} input channel{'s' if source.shape[1] != 1 else ''}"
+            done.append(Diagnostic("info", f"Conv reads its {channels} through "
                                            f"SpaceToDepth({size}) as {shape[1]} channels at stride 1: onnxruntime's "
                                            f"int8 convolution is fast on channels in multiples of "
                                            f"{space_to_depth.CHANNEL_MULTIPLE}", node.name or node_key(node)))
