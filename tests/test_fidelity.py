@@ -8,6 +8,8 @@ are made on the gs graph directly, to check that restoration never overrides the
 
 from __future__ import annotations
 
+import pathlib
+
 import ml_dtypes
 import numpy as np
 import onnx
@@ -20,6 +22,8 @@ import graphopt
 from graphopt.fidelity import export_with_gs
 from graphopt.model import load_split, to_graph, to_model
 from graphopt.pass_base import Invariant, Pass, PassResult
+
+MODELS_DIR = pathlib.Path(__file__).resolve().parents[1] / "models"
 
 FLOAT2 = [2]
 
@@ -325,6 +329,20 @@ g (bool c, float[2] x) => (float[2] y) <float[2] w = {1, 2}, float[2] v = {3, 4}
 def _branches(model: onnx.ModelProto) -> list[onnx.GraphProto]:
     (node,) = [node for node in model.graph.node if node.op_type == "If"]
     return [attribute.g for attribute in node.attribute]
+
+
+def test_inferred_shapes_are_not_written_declared_ones_are():
+    """The passes infer every tensor's shape; the output declares only what the input declared (the digits
+    CNN declares none: onnxruntime's own inference decides, as for the original)."""
+    path = str(MODELS_DIR / "digits_cnn.onnx")
+    assert not onnx.load(path).graph.value_info
+    plain = graphopt.optimize(path, passes="lossless").model
+    assert not plain.graph.value_info
+    model = onnx.load(path)
+    declared = next(name for node in model.graph.node if node.op_type == "Relu" for name in node.output)
+    model.graph.value_info.append(helper.make_tensor_value_info(declared, TensorProto.FLOAT, None))
+    optimized = graphopt.optimize(model, passes="lossless").model
+    assert [value.name for value in optimized.graph.value_info] == [declared]
 
 
 def test_subgraphs_get_no_value_info_for_outer_names():
